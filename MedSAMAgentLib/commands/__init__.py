@@ -1,0 +1,1 @@
+"""Subcommands of ``medsam-agent`` (see ``cli.COMMAND_MODULES``)."""

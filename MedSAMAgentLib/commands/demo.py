@@ -1,0 +1,80 @@
+"""``medsam-agent demo``: a bundled real case end to end with the built-in tool, the built-in policy and the
+simulated clinician. Needs no download and no GPU."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..actions import Box, Point, Stop, describe
+from ..manifest import bundled_manifest, load_case
+from ..registry import DEFAULT_POLICY, DEFAULT_TOOL, make_policy, make_tool
+from ..render import overlay, save_mask_png
+from ..reviewers import SimulatedClinician
+from ..session import Session
+from ..trajectory import TrajectoryWriter
+
+DEMO_CASE = "medscribble/BTCV/0763890-Image_axis1_maxslice"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="run a bundled case end to end (no download, no GPU)",
+                                   description=__doc__)
+    parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    parser.add_argument("--case", default=DEMO_CASE, help=f"bundled case id (default: {DEMO_CASE})")
+    parser.add_argument("--tool", default=DEFAULT_TOOL)
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    parser.add_argument("--max-steps", type=int, default=5, help="box/point actions per episode (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cases = {c.id: c for c in bundled_manifest()}
+    if args.case not in cases:
+        raise ValueError(f"no bundled case {args.case!r}; choose one of: {', '.join(sorted(cases))}")
+    loaded = load_case(cases[args.case])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "trajectory.jsonl"
+    log_path.unlink(missing_ok=True)
+
+    print(f"case   {args.case}  ({loaded.case.target}; {loaded.case.licence})")
+    print(f"tool   {args.tool}   policy {args.policy}   reviewer: simulated clinician (reads ground truth)")
+    started = time.perf_counter()
+    print("loading the tool ...", flush=True)
+    tool = make_tool(args.tool, checkpoint=args.checkpoint)
+    policy = make_policy(args.policy, ground_truth=loaded.ground_truth, seed=args.seed)
+    clinician = SimulatedClinician(loaded.ground_truth, seed=args.seed)
+    with TrajectoryWriter(log_path) as log:
+        session = Session(tool, policy, loaded.image, target=loaded.case.target,
+                          ground_truth=loaded.ground_truth, log=log, max_actions=args.max_steps,
+                          meta={"case": args.case, "source": "demo"})
+        if policy.needs_hint:
+            session.place(clinician.hint(), hint=True)
+        status = session.run(clinician)
+        session.finish(accepted=True, status=status)
+
+    print(f"\n{'step':>4}  {'who':<9} {'proposed':<28} {'decision':<9} {'applied':<28} {'Dice':>6}")
+    applied_so_far = []
+    for step in session.steps:
+        proposed = describe(step.proposal.action) if step.proposal else "-"
+        applied = describe(step.applied) if step.applied else "-"
+        dice = f"{step.dice:.3f}" if step.dice is not None else "-"
+        print(f"{step.index:>4}  {step.actor:<9} {proposed:<28} {step.decision:<9} {applied:<28} {dice:>6}")
+        if step.proposal:
+            print(f"{'':>6}reason: {step.proposal.reason}")
+        if isinstance(step.applied, (Box, Point)):
+            applied_so_far.append(step.applied)
+        mask = step.prediction.mask if step.prediction is not None else None
+        proposal = step.proposal.action if step.proposal and not isinstance(step.proposal.action, Stop) else None
+        overlay(loaded.image, mask, applied_so_far, proposal).save(out / f"step_{step.index:02d}.png")
+    save_mask_png(session.mask, out / "final_mask.png")
+    final = session.steps[-1].dice if session.steps else None
+    print(f"\nended: {status}; agent actions {session.agent_actions}, clinician actions "
+          f"{session.clinician_actions}; final Dice {final if final is None else round(final, 3)}")
+    print(f"wrote {out}/final_mask.png, {len(session.steps)} step overlays and {log_path} "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0

