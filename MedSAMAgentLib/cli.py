@@ -15,6 +15,7 @@ from . import __version__
 COMMAND_MODULES = (
     "MedSAMAgentLib.commands.demo",
     "MedSAMAgentLib.commands.segment",
+    "MedSAMAgentLib.commands.trajectories",
 )
 
 

@@ -100,11 +100,12 @@ def _oracle(ground_truth=None, seed: int = 0, **options: Any):
 
 
 def _mllm(model: Optional[str] = None, endpoint: Optional[str] = None, model_name: Optional[str] = None,
-          api_key: Optional[str] = None, timeout: float = 120.0, device: Optional[str] = None, **_: Any):
+          api_key: Optional[str] = None, timeout: float = 120.0, device: Optional[str] = None,
+          dtype: Optional[str] = None, **_: Any):
     from .policies.mllm import MLLMPolicy
 
     return MLLMPolicy.from_options(model=model, endpoint=endpoint, model_name=model_name, api_key=api_key,
-                                   timeout=timeout, device=device)
+                                   timeout=timeout, device=device, dtype=dtype)
 
 
 POLICIES: dict[str, Callable[..., Any]] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Protocol
+from typing import Any, Callable, Literal, Optional, Protocol
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .geometry import Letterbox
 from .metrics import dice, iou
 from .policies.base import Observation, Policy, PolicyError, Proposal
 from .tools.base import Prediction, SegmentationTool
-from .trajectory import TrajectoryWriter, encode_mask
+from .trajectory import TrajectoryWriter, encode_mask, save_episode_image
 
 Decision = Literal["accept", "override", "reject", "hint", "place"]
 DEFAULT_MAX_ACTIONS = 5  # the protocol's limit on box/point actions per episode
@@ -67,7 +67,11 @@ class _State:
 
 
 class Session:
-    """One episode on one 2D image."""
+    """One episode on one 2D image.
+
+    With a ``log``, the image is saved next to it (``trajectory.save_episode_image``) and named in the
+    header's ``meta["image_path"]`` unless ``meta`` already names one or ``save_image`` is False, so a logged
+    session can be exported as training data (``medsam-agent trajectories export``)."""
 
     def __init__(
         self,
@@ -82,6 +86,8 @@ class Session:
         max_actions: int = DEFAULT_MAX_ACTIONS,
         episode_id: Optional[str] = None,
         meta: Optional[dict[str, Any]] = None,
+        save_image: bool = True,
+        on_step: Optional[Callable[["Step"], None]] = None,
     ):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"session image must be HxWx3 uint8, got {image.shape} {image.dtype}")
@@ -94,12 +100,16 @@ class Session:
         self.max_actions = max_actions
         self.episode_id = episode_id or uuid.uuid4().hex[:12]
         self.log = log
+        self.on_step = on_step  # called after every step (progress in the terminal, the panel's table)
         self.steps: list[Step] = []
         self.pending: Optional[Proposal] = None
         self.finished = False
         self._history: list[_State] = [_State((), None, False)]
         self.tool.set_image(image, key=image_key)
         self.policy.reset()
+        meta = dict(meta or {})
+        if log is not None and save_image and "image_path" not in meta:  # exports rebuild the policy's images
+            meta["image_path"] = save_episode_image(log.path, self.episode_id, image)
         self._write(
             {
                 "type": "episode",
@@ -110,7 +120,7 @@ class Session:
                 "engine_version": __version__,
                 "max_actions": max_actions,
                 "has_ground_truth": ground_truth is not None,
-                "meta": meta or {},
+                "meta": meta,
                 "created": time.time(),
             }
         )
@@ -305,6 +315,8 @@ class Session:
         return {"iou": iou(mask, self.ground_truth), "dice": dice(mask, self.ground_truth)}
 
     def _log_step(self, step: Step) -> None:
+        if self.on_step is not None:
+            self.on_step(step)
         if self.log is None:
             return
         record: dict[str, Any] = {

@@ -86,6 +86,45 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot log a {type(value).__name__}")
 
 
+# -- the episode's image -------------------------------------------------------------------------------------
+# Rule: an episode header's ``meta["image_path"]`` (relative to the log's folder, or absolute) names a .png or
+# .npy holding the exact HxWx3 uint8 2D image the engine worked on; exports rebuild the policy's images from
+# it. ``Session`` saves it next to the log by default; the generator points it at its ``images/`` folder.
+def save_episode_image(log_path: str | os.PathLike, name: str, image: np.ndarray) -> str:
+    """Save ``image`` as ``<log folder>/<log stem>.images/<name>.png``; returns the path relative to the log's
+    folder, for ``meta["image_path"]``."""
+    from PIL import Image
+
+    log_path = Path(log_path)
+    folder = log_path.parent / f"{log_path.name.split('.')[0]}.images"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(folder / f"{name}.png")
+    return f"{folder.name}/{name}.png"
+
+
+def load_episode_image(header: dict, log_path: str | os.PathLike) -> np.ndarray:
+    """The episode's 2D engine image (HxWx3 uint8) from ``meta["image_path"]``. Raises ``ValueError``."""
+    relative = (header.get("meta") or {}).get("image_path")
+    if not relative:
+        raise ValueError(f"episode {header.get('episode_id')} in {log_path} records no meta.image_path")
+    path = Path(log_path).parent / relative
+    if path.suffix.lower() == ".npy":
+        image = np.load(path, allow_pickle=False)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as handle:
+            image = np.asarray(handle.convert("RGB"))
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{path}: expected the HxWx3 uint8 engine image, got {image.shape} {image.dtype}")
+    shape = (header.get("image") or {}).get("shape")
+    if shape and list(image.shape[:2]) != list(shape):
+        raise ValueError(f"{path} is {image.shape[:2]}, the episode was logged on a {tuple(shape)} image")
+    return image
+
+
 # -- reading ------------------------------------------------------------------------------------------------
 @dataclass
 class LoggedStep:

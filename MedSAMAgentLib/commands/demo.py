@@ -48,22 +48,14 @@ def run(args: argparse.Namespace) -> int:
     tool = make_tool(args.tool, checkpoint=args.checkpoint)
     policy = make_policy(args.policy, ground_truth=loaded.ground_truth, seed=args.seed)
     clinician = SimulatedClinician(loaded.ground_truth, seed=args.seed)
-    with TrajectoryWriter(log_path) as log:
-        session = Session(tool, policy, loaded.image, target=loaded.case.target,
-                          ground_truth=loaded.ground_truth, log=log, max_actions=args.max_steps,
-                          meta={"case": args.case, "source": "demo"})
-        if policy.needs_hint:
-            session.place(clinician.hint(), hint=True)
-        status = session.run(clinician)
-        session.finish(accepted=True, status=status)
+    applied_so_far: list = []
 
-    print(f"\n{'step':>4}  {'who':<9} {'proposed':<28} {'decision':<9} {'applied':<28} {'Dice':>6}")
-    applied_so_far = []
-    for step in session.steps:
+    def show(step) -> None:
         proposed = describe(step.proposal.action) if step.proposal else "-"
         applied = describe(step.applied) if step.applied else "-"
         dice = f"{step.dice:.3f}" if step.dice is not None else "-"
-        print(f"{step.index:>4}  {step.actor:<9} {proposed:<28} {step.decision:<9} {applied:<28} {dice:>6}")
+        print(f"{step.index:>4}  {step.actor:<9} {proposed:<28} {step.decision:<9} {applied:<28} {dice:>6}",
+              flush=True)
         if step.proposal:
             print(f"{'':>6}reason: {step.proposal.reason}")
         if isinstance(step.applied, (Box, Point)):
@@ -71,6 +63,17 @@ def run(args: argparse.Namespace) -> int:
         mask = step.prediction.mask if step.prediction is not None else None
         proposal = step.proposal.action if step.proposal and not isinstance(step.proposal.action, Stop) else None
         overlay(loaded.image, mask, applied_so_far, proposal).save(out / f"step_{step.index:02d}.png")
+
+    print(f"\n{'step':>4}  {'who':<9} {'proposed':<28} {'decision':<9} {'applied':<28} {'Dice':>6}")
+    with TrajectoryWriter(log_path) as log:
+        session = Session(tool, policy, loaded.image, target=loaded.case.target,
+                          ground_truth=loaded.ground_truth, log=log, max_actions=args.max_steps,
+                          meta={"case": args.case, "source": "demo"}, on_step=show)
+        if policy.needs_hint:
+            session.place(clinician.hint(), hint=True)
+        status = session.run(clinician)
+        session.finish(accepted=True, status=status)
+
     save_mask_png(session.mask, out / "final_mask.png")
     final = session.steps[-1].dice if session.steps else None
     print(f"\nended: {status}; agent actions {session.agent_actions}, clinician actions "

@@ -76,7 +76,7 @@ class MLLMPolicy:
     @classmethod
     def from_options(cls, model: Optional[str] = None, endpoint: Optional[str] = None,
                      model_name: Optional[str] = None, api_key: Optional[str] = None,
-                     timeout: float = DEFAULT_TIMEOUT, device: Optional[str] = None, dtype: str = "bfloat16",
+                     timeout: float = DEFAULT_TIMEOUT, device: Optional[str] = None, dtype: Optional[str] = None,
                      **_: Any) -> "MLLMPolicy":
         """The registry's entry: exactly one of ``model`` (a local checkpoint) or ``endpoint`` (a server)."""
         if bool(model) == bool(endpoint):

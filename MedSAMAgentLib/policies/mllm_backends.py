@@ -90,7 +90,7 @@ def memory_needed(directory: Path, bytes_per_parameter: int = 2, stored_bytes: i
 class TransformersBackend:
     """A local Qwen3-VL checkpoint run with ``Qwen3VLForConditionalGeneration`` and ``AutoProcessor``."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: Optional[str] = None, dtype: str = "bfloat16"):
+    def __init__(self, model_dir: str | os.PathLike, device: Optional[str] = None, dtype: Optional[str] = None):
         self.directory = Path(model_dir).expanduser()
         self.config = read_checkpoint_config(self.directory)
         try:
@@ -103,6 +103,9 @@ class TransformersBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {self.device!r} asked for, but no CUDA GPU is available")
+        if dtype is None:  # BF16 as released on a GPU; float32 on a CPU, where BF16 matmuls are mostly emulated
+            dtype = "float32" if self.device == "cpu" else (
+                "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
         self.dtype = getattr(torch, dtype, None)
         if not isinstance(self.dtype, torch.dtype):
             raise BackendError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
@@ -127,6 +130,7 @@ class TransformersBackend:
             raise BackendError(f"cannot load the Qwen3-VL checkpoint {self.directory}: "
                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
         self.generation = self._generation_config()
+        self.model.generation_config = self.generation  # so generate() merges no sampling defaults back in
         self.label = self.directory.name
 
     def _generation_config(self):
@@ -253,8 +257,8 @@ class EndpointBackend:
         if isinstance(text, list):  # some servers answer with content parts
             text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
         calls = message.get("tool_calls") or []
-        if not text.strip() and calls:  # a server with a tool-call parser moved the call out of the text
-            function = calls[0].get("function", {})
+        if not text.strip() and calls and isinstance(calls[0], dict):  # a server's tool parser took the call
+            function = calls[0].get("function") or {}
             arguments = function.get("arguments", {})
             if isinstance(arguments, str):
                 try:
@@ -269,7 +273,8 @@ class EndpointBackend:
         if self.model_name:
             return self.model_name
         listing = self._request(self.models_url, None)
-        names = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)]
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        names = [entry.get("id") for entry in entries or [] if isinstance(entry, dict)]
         if len(names) != 1:
             raise BackendError(f"the server at {self.models_url} serves {len(names)} models ({', '.join(map(str, names))}); "
                                "name one with --model-name")

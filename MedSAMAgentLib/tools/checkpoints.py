@@ -131,8 +131,10 @@ def where_to_get(family: str) -> str:
 def resolve_checkpoint(family: str, checkpoint: Optional[str | os.PathLike]) -> Path:
     """The file to load for ``family``: the user's path, a known name in the cache folder, or the first
     known file of the family found there. Raises ToolError saying where to get the weights."""
-    if checkpoint is not None:
+    if checkpoint is not None and str(checkpoint).strip():  # "" (an empty path field) means "not given"
         path = Path(checkpoint).expanduser()
+        if path.is_dir():
+            raise ToolError(f"{family} checkpoint {path} is a folder: give the weights file inside it")
         if path.exists():
             return path
         known = lookup(str(checkpoint))

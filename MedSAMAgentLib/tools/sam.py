@@ -6,10 +6,11 @@
   (``protocol_prompts``): multimask output, the best predicted-IoU candidate kept, logits thresholded at 0.
 - MedSAM (bowang-lab/MedSAM): a SAM ViT-B checkpoint fine-tuned with box prompts. Its own preprocessing:
   the image resized to 1024x1024 (aspect not kept; cubic spline with anti-aliasing, back to uint8, as
-  MedSAM's inference script), min-max normalised to [0, 1], no ImageNet mean/std, no padding; prompts scaled by 1024/W and
-  1024/H; low-res logits resized straight to the image. MedSAM was trained with single-mask output, so
-  ``multimask`` defaults to False for it; its prompt encoder is SAM's (frozen in training), so clicks go to
-  the decoder by the same update rule, though the model never learnt them.
+  MedSAM's inference script), min-max normalised to [0, 1], no ImageNet mean/std, no padding; prompts
+  scaled by 1024/W and 1024/H; low-res logits resized straight to the image. MedSAM was trained with
+  single-mask output, so ``multimask`` defaults to False for it (option ``multimask=true`` for the three
+  outputs); its prompt encoder is SAM's (frozen in training), so clicks go to the decoder by the same
+  update rule, though the model never learnt them (``trained_with_clicks`` is False).
 
 The architecture comes from the state dict's shapes (embedding width, depth, heads from the relative
 position tables, which blocks are global), so ``--checkpoint FILE`` is enough for ViT-B/L/H and for any

@@ -21,6 +21,7 @@ side: 1x256x256 at 1024, 1x128x128 at 512.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -148,7 +149,9 @@ class SAM2Tool:
         verify_known_hash(path, digest)
         licence_notice(self.family, path, as_bool(accept_licence))
         self.model = model.to(self.device).eval()
-        self.predictor = predictor_class(self.model)
+        with warnings.catch_warnings():  # sam2 1.1.0 scripts its transforms; torch calls that deprecated
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            self.predictor = predictor_class(self.model)
         side = self.image_size
         # the predictor assumes 1024 input; its feature maps are image_size / 4, / 8, / 16 on a side
         self.predictor._bb_feat_sizes = [(side // 4, side // 4), (side // 8, side // 8), (side // 16, side // 16)]

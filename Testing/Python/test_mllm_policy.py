@@ -246,9 +246,14 @@ class Loopback:
                 if self.path != "/v1/chat/completions" or outer.mode == "http404":
                     return self._send(404, {"error": {"message": "The model `x` does not exist."}})
                 text = outer.script.pop(0) if outer.script else ""
+                message = {"role": "assistant", "content": text}
+                if outer.mode == "tool_calls":  # a server started with a tool-call parser (vLLM --tool-call-parser)
+                    call_ = json.loads(text.split("\n")[1])
+                    message = {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": "t0", "type": "function", "function": {
+                            "name": call_["name"], "arguments": json.dumps(call_["arguments"])}}]}
                 self._send(200, {"id": "c", "object": "chat.completion", "model": request["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}]})
+                                 "choices": [{"index": 0, "finish_reason": "stop", "message": message}]})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -275,9 +280,13 @@ def _decode_png(url):
 
 
 def test_endpoint_episode_follows_the_script(bundled, litemedsam, loopback, tmp_path):
-    case = bundled["sam-med2d/amos_0006_90_spleen_000"]
-    box_text = call("add_bbox", bbox_2d=[620, 380, 760, 600])
-    click_text = call("add_point", point_2d=[700, 500], point_type="positive")
+    case = bundled[NON_SQUARE_CASE]  # one image for all endpoint tests: the tool encodes it once
+    letterbox = Letterbox(*case.image.shape[:2])
+    ys, xs = np.nonzero(case.ground_truth)
+    model_box = letterbox.action_to_model(Box(xs.min() - 3, ys.min() - 3, xs.max() + 3, ys.max() + 3))["bbox_2d"]
+    model_click = list(letterbox.to_model(float(np.median(xs)), float(np.median(ys))))
+    box_text = call("add_bbox", bbox_2d=model_box)
+    click_text = call("add_point", point_2d=model_click, point_type="positive")
     loopback.script = [box_text, click_text, "I think the mask is fine {not json", call("stop_action")]
     policy = make_policy("mllm", endpoint=loopback.url, model_name="MedSAM-Agent-Qwen3-VL-8B-MedSAM2",
                          api_key="secret", timeout=30)
@@ -290,15 +299,14 @@ def test_endpoint_episode_follows_the_script(bundled, litemedsam, loopback, tmp_
         status = session.run(AcceptAll())
         session.finish(accepted=False, status=status)
     assert status == "stopped"
-    letterbox = Letterbox(*case.image.shape[:2])
     [episode] = read_episodes(log)
     applied = [step.applied for step in episode.steps]
-    assert applied == [letterbox.action_from_model(Box(620, 380, 760, 600)),
-                       letterbox.action_from_model(Point(700, 500, True)), Stop()]
+    assert applied == [letterbox.action_from_model(Box(*model_box)),
+                       letterbox.action_from_model(Point(*model_click, True)), Stop()]
     assert [s.record["proposal"]["raw_text"] for s in episode.steps] == [box_text, click_text, call("stop_action")]
     # pixels are whole, so the box reads back in 0..999 within one unit of what the model said
-    assert np.allclose(episode.steps[0].record["applied_model"]["bbox_2d"], [620, 380, 760, 600], atol=1)
-    assert episode.steps[1].record["dice"] is not None and episode.header["policy"]["name"] == "mllm"
+    assert np.allclose(episode.steps[0].record["applied_model"]["bbox_2d"], model_box, atol=1)
+    assert episode.steps[1].record["dice"] > 0.3 and episode.header["policy"]["name"] == "mllm"
     # four requests: the malformed answer was asked for once more with the same conversation
     assert len(loopback.requests) == 4 and loopback.requests[2]["messages"] == loopback.requests[3]["messages"]
     first = loopback.requests[0]
@@ -320,9 +328,9 @@ def test_endpoint_episode_follows_the_script(bundled, litemedsam, loopback, tmp_
 
 
 def test_endpoint_override_shows_the_applied_action_and_unparsable_answers_pause(bundled, litemedsam, loopback):
-    case = bundled["sam-med2d/amos_0006_90_liver_000"]
+    case = bundled[NON_SQUARE_CASE]
     letterbox = Letterbox(*case.image.shape[:2])
-    clinician = Box(60, 150, 300, 400)
+    clinician = Box(100, 60, 170, 130)
     loopback.script = [call("add_bbox", bbox_2d=[1, 2, 3, 4]), "no idea", "still no idea"]
     policy = make_policy("mllm", endpoint=loopback.url)  # model name from /v1/models
     session = Session(litemedsam, policy, case.image, target=case.case.target)
@@ -340,7 +348,7 @@ def test_endpoint_override_shows_the_applied_action_and_unparsable_answers_pause
 
 
 def test_endpoint_empty_answer_and_http_errors_pause(bundled, litemedsam, loopback):
-    case = bundled["medscribble/BTCV/0763890-Image_axis1_maxslice"]
+    case = bundled[NON_SQUARE_CASE]
     policy = make_policy("mllm", endpoint=loopback.url + "/chat/completions", model_name="m")
     session = Session(litemedsam, policy, case.image, target=case.case.target)
     loopback.script = ["", ""]
@@ -355,10 +363,14 @@ def test_endpoint_empty_answer_and_http_errors_pause(bundled, litemedsam, loopba
     assert len(loopback.requests) == count + 1  # a client error is not retried
     loopback.mode, loopback.script = "answer", [call("add_bbox", bbox_2d=[300, 300, 700, 700]), call("stop_action")]
     assert session.run(AcceptAll()) == "stopped" and len(session.actions) == 1
+    # a server whose tool parser moves the call into ``tool_calls`` is read the same way
+    session = Session(litemedsam, policy, case.image, target=case.case.target)
+    loopback.mode, loopback.script = "tool_calls", [call("add_point", point_2d=[500, 500], point_type="positive")]
+    assert policy.propose(session.observation()).action == Point(129, 91, True)
 
 
 def test_endpoint_timeout_and_refused_connection_pause(bundled, litemedsam, loopback):
-    case = bundled["medscribble/BTCV/0763890-Image_axis1_maxslice"]
+    case = bundled[NON_SQUARE_CASE]
     loopback.mode = "slow"
     policy = make_policy("mllm", endpoint=loopback.url, model_name="m", timeout=0.3)
     session = Session(litemedsam, policy, case.image, target=case.case.target)
@@ -439,10 +451,14 @@ def save_tiny_qwen3vl(directory: Path, answer_body: str | None = None, seed: int
                               Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    from tokenizers.trainers import BpeTrainer
+
+    # byte-level BPE (any text encodes) with merges learnt here from the prompt texts, to keep prompts short
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator([SYSTEM_PROMPT, FOLLOW_UP_TEXT, first_user_text("aorta in CT")], trainer)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
     plain = ["<tool_call>", "</tool_call>"] + ([answer_body] if answer_body else [])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain])
@@ -505,22 +521,23 @@ def test_in_process_random_model_whole_episodes_end_cleanly(tiny_checkpoints, bu
     policy = _load(tiny_checkpoints["random"])
     assert isinstance(policy.backend, TransformersBackend) and policy.trained_tool.tool == "sam"
     assert policy.backend.generation.do_sample is False and policy.backend.generation.max_new_tokens == 128
+    case = bundled[NON_SQUARE_CASE]
     log = tmp_path / "random.jsonl"
     with TrajectoryWriter(log) as writer:
-        for case_id, hint in (("medscribble/BTCV/0763890-Image_axis1_maxslice", None),
-                              (NON_SQUARE_CASE, Box(90, 70, 170, 120))):
-            case = bundled[case_id]
-            session = Session(litemedsam, policy, case.image, target=case.case.target,
-                              ground_truth=case.ground_truth, log=writer)
-            if hint is not None:  # a clinician's box first: the model then sees two images and a tool call
-                session.place(hint, hint=True)
-            status = session.run(AcceptAll())
-            assert status in ("stopped", "limit", "paused")
-            if status == "paused":
-                assert "no usable tool call" in session.pause_reason or "failed" in session.pause_reason
-            session.finish(accepted=False, status=status)
-    assert len(policy.last_messages) == 4  # system, first turn, the hint as a tool call, the overlay turn
-    assert len(read_episodes(log)) == 2
+        session = Session(litemedsam, policy, case.image, target=case.case.target,
+                          ground_truth=case.ground_truth, log=writer)
+        hint = Box(90, 70, 170, 120)  # a clinician's box first: the model then sees two images and a tool call
+        session.place(hint, hint=True)
+        status = session.run(AcceptAll())
+        assert status in ("stopped", "limit", "paused")
+        if status == "paused":  # what random weights say: garbled text, asked twice, then a clean pause
+            assert "no usable tool call in 2 attempt(s)" in session.pause_reason
+        session.finish(accepted=False, status=status)
+    messages = policy.last_messages  # system, first turn, the hint as a tool call, the overlay turn
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == format_tool_call(hint, Letterbox(*case.image.shape[:2]))
+    [episode] = read_episodes(log)
+    assert episode.end["status"] == status and episode.steps[0].applied == hint
 
 
 def test_in_process_model_runs_a_whole_episode(tiny_checkpoints, bundled, litemedsam, tmp_path):

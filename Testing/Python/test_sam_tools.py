@@ -116,11 +116,13 @@ class Spy:
 
     def __init__(self, module, monkeypatch):
         self.calls: list[dict] = []
+        self.args: list[tuple] = []
         self._forward = module.forward
         monkeypatch.setattr(module, "forward", self)
 
     def __call__(self, *args, **kwargs):
         self.calls.append(kwargs)
+        self.args.append(args)
         return self._forward(*args, **kwargs)
 
     def prompts(self, index: int = -1):
@@ -181,6 +183,9 @@ def test_all_four_tools_are_registered_and_follow_the_interface(tools):
     assert tools["sam"].trained_with_clicks and tools["sam2"].trained_with_clicks
     assert not tools["medsam"].trained_with_clicks  # MedSAM learnt boxes only
     assert tools["sam2"].image_size == 1024 and tools["medsam2"].image_size == 512
+    default = registry.make_tool("medsam2", checkpoint=str(tools["medsam2"].checkpoint), device="cpu",
+                                 config=tools["medsam2"].config, accept_licence=True)
+    assert default.image_size == 1024 and "@1024" in default.version  # the release's choice is the default
     from MedSAMAgentLib.tools.sam import pick_device
 
     assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")  # the GPU where present
@@ -289,6 +294,22 @@ def test_prompts_land_where_they_were_given_on_a_non_square_image(tools, bundled
     assert abs(xs.mean() - expected[0]) < 2.0 and abs(ys.mean() - expected[1]) < 2.0
 
 
+def test_sam_and_medsam_feed_the_encoder_their_own_preprocessing(tools, bundled, monkeypatch):
+    image = bundled[NON_SQUARE_CASE].image  # 181 x 258
+    seen = {}
+    for name in ("sam", "medsam"):
+        spy = Spy(tools[name].model.image_encoder, monkeypatch)
+        tools[name].set_image(image, key=f"preprocessing#{name}")
+        seen[name] = spy.args[-1][0][0].cpu().numpy()
+    sam, medsam = seen["sam"], seen["medsam"]
+    assert sam.shape == medsam.shape == (3, 1024, 1024)
+    content = round(181 * 1024 / 258)  # SAM: longest side to 1024, padded with zeros at the bottom
+    assert not sam[:, content:].any() and sam[:, content - 1].any()
+    assert sam.min() < -1.5 and sam.max() > 1.5  # ImageNet mean/std applied
+    assert medsam.min() == 0.0 and medsam.max() == 1.0  # MedSAM: min-max to [0, 1], stretched, no padding
+    assert medsam[:, -1].any()
+
+
 # -- embeddings ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["sam", "medsam2"])  # the two caches (SamPredictor-style, SAM2ImagePredictor)
 def test_embedding_is_computed_once_per_slice_and_reused_exactly(tools, bundled, name):
@@ -323,6 +344,8 @@ def test_missing_checkpoint_says_so(tmp_path):
         registry.make_tool("sam", checkpoint=str(tmp_path / "nope.pth"), device="cpu")
     with pytest.raises(ToolError, match="sam2 checkpoint not found"):
         registry.make_tool("sam2", checkpoint=str(tmp_path / "nope.pt"), device="cpu")
+    with pytest.raises(ToolError, match="medsam checkpoint .* is a folder"):
+        registry.make_tool("medsam", checkpoint=str(tmp_path), device="cpu")
 
 
 def test_corrupt_checkpoint_says_so(tmp_path, weights):

@@ -1,0 +1,417 @@
+"""The Slicer bridge on a real MRML scene (PyPI slicer-core, headless): geometry in every orientation and on a
+rotated, anisotropic volume; markups that land on the engine's voxels; overrides read from edited markups;
+segment writes confined to one slice of one segment; exact undo; the trajectory log; the parameter node
+through a saved scene; and whole sessions with the real LiteMedSAM tool on real CT (and MR when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from MedSAMAgentLib.actions import Box, Point, Stop  # noqa: E402
+from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA  # noqa: E402
+from MedSAMAgentLib.slicer_geometry import slice_geometry  # noqa: E402
+from MedSAMAgentLib import slicer_segments as segments  # noqa: E402
+from MedSAMAgentLib.slicer_logic import AgentLogic, AgentLogicError  # noqa: E402
+from MedSAMAgentLib.slicer_markups import SessionMarkups  # noqa: E402
+from MedSAMAgentLib.slicer_parameters import (AgentSettings, find_or_create_parameter_node, get_nodes,  # noqa: E402
+                                              read_settings, set_nodes, write_settings)
+from MedSAMAgentLib.trajectory import read_episodes  # noqa: E402
+from slicer_headless import load_volume, make_headless_slicer, volume_from_array  # noqa: E402
+
+CT = BUNDLED_DATA / "volumes" / "totalseg_example_ct_sm.nii.gz"
+CT_LABELS = BUNDLED_DATA / "volumes" / "totalseg_example_seg.nii.gz"
+LIVER = 5
+BRAIN = SHARED_DATA / "volumes" / "pyradiomics_brain1_image.nrrd"
+BRAIN_LABELS = SHARED_DATA / "volumes" / "pyradiomics_brain1_label.nrrd"
+# a direction matrix rotated about two axes (columns: I, J, K in RAS), and anisotropic spacing
+ROTATION = np.array([[0.8660254, -0.5, 0.0], [0.5, 0.8660254, 0.0], [0.0, 0.0, 1.0]]) @ \
+    np.array([[1.0, 0.0, 0.0], [0.0, 0.9396926, -0.3420201], [0.0, 0.3420201, 0.9396926]])
+ORACLE = {"resample": 0, "seed": 0}  # fewer previews per proposal: keeps the tests quick
+
+
+@pytest.fixture
+def env():
+    headless = make_headless_slicer()
+    yield headless
+    headless.close()
+
+
+@pytest.fixture
+def logic_factory(env, litemedsam):
+    """Agent logic over the real built-in tool, shared with the other tests (one network per run)."""
+    return lambda: AgentLogic(env.scene, tool_factory=lambda *args, **kwargs: litemedsam)
+
+
+def centre_ras(volume_node, mask_kji: np.ndarray) -> list[float]:
+    import vtk
+
+    k, j, i = np.argwhere(mask_kji).mean(axis=0)
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return list(matrix.MultiplyPoint([i, j, k, 1.0])[:3])
+
+
+def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """The whole segment in the volume's (k, j, i) grid."""
+    labelmap = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, segment_id, labelmap, False)
+    dims = volume_node.GetImageData().GetDimensions()
+    values = segments._array_of(labelmap, [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1])
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    return values == label
+
+
+def slice_index(geometry) -> tuple:
+    """Index expression of the geometry's slice in a (k, j, i) array."""
+    index = [slice(None)] * 3
+    index[2 - geometry.axis] = geometry.index
+    return tuple(index)
+
+
+def roi_corners_ijk(node, geometry) -> list[np.ndarray]:
+    centre, size = [0.0] * 3, [0.0] * 3
+    node.GetCenterWorld(centre)
+    node.GetSizeWorld(size)
+    from MedSAMAgentLib.slicer_geometry import vtk_matrix_to_numpy
+
+    axes = vtk_matrix_to_numpy(node.GetObjectToWorldMatrix())[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0)
+    return [geometry.ras_to_ijk_point(np.asarray(centre) + axes @ (np.array([sx, sy, 0.0]) * size))
+            for sx in (-0.5, 0.5) for sy in (-0.5, 0.5)]
+
+
+# -- geometry -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("view, axis", [("Red", 2), ("Yellow", 0), ("Green", 1)])
+def test_geometry_rotated_anisotropic_volume(env, view, axis):
+    rng = np.random.default_rng(0)
+    array = rng.integers(-500, 500, (9, 13, 17)).astype(np.int16)
+    volume = volume_from_array(array, "rotated", spacing=(0.7, 1.3, 2.9), origin=(5.0, -3.0, 10.0),
+                               directions=ROTATION)
+    geometry = slice_geometry(volume, env.show(view, volume))
+    assert geometry.axis == axis and geometry.obliquity_deg < 45
+    image = geometry.extract(array)
+    assert image.shape == geometry.shape
+    for y in range(geometry.height):
+        for x in range(geometry.width):
+            i, j, k = np.rint(geometry.pixel_to_ijk_point(x, y)).astype(int)
+            assert image[y, x] == array[k, j, i]
+    for x, y in [(0, 0), (geometry.width - 1, 3), (2, geometry.height - 1)]:
+        ras = geometry.pixel_to_ras_point(x, y)
+        assert np.allclose(geometry.ras_to_pixel_point(ras), (x, y), atol=1e-6)
+        assert np.allclose(geometry.ras_to_ijk_point(ras), geometry.pixel_to_ijk_point(x, y), atol=1e-6)
+    assert np.array_equal(geometry.to_ijk_plane(image), array[slice_index(geometry)])
+    # the image looks as the view shows it: +x runs along the view's right, +y along its down
+    from MedSAMAgentLib.slicer_geometry import vtk_matrix_to_numpy
+
+    slice_to_ras = vtk_matrix_to_numpy(env.slice_node(view).GetSliceToRAS())
+    dx, dy, _ = geometry.in_plane_directions()
+    assert np.dot(dx, slice_to_ras[:3, 0]) > 0 and np.dot(dy, -slice_to_ras[:3, 1]) > 0
+
+
+def test_geometry_follows_the_slice_node_not_the_view_name(env):
+    """Red set to sagittal and tilted 20 degrees: the slice is the I axis, the obliquity is logged."""
+    array = np.zeros((6, 8, 10), np.int16)
+    volume = volume_from_array(array, "plain", spacing=(1.0, 1.0, 2.0))
+    node = env.show("Red", volume, orientation="Sagittal")
+    geometry = slice_geometry(volume, node)
+    assert (geometry.axis, geometry.orientation) == (0, "Sagittal")
+    angle = np.radians(20)
+    node.SetSliceToRASByNTP(np.cos(angle), np.sin(angle), 0, 0, 0, 1, *node.GetSliceToRAS().MultiplyPoint(
+        [0, 0, 0, 1])[:3], 0)
+    tilted = slice_geometry(volume, node)
+    assert tilted.axis == 0 and abs(tilted.obliquity_deg - 20) < 1e-6
+    node.JumpSliceByCentering(500.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="outside the volume"):
+        slice_geometry(volume, node)
+
+
+# -- segments -------------------------------------------------------------------------------------------------
+def test_segment_write_touches_one_slice_of_one_segment(env):
+    array = np.zeros((7, 20, 24), np.int16)
+    volume = volume_from_array(array, "v", spacing=(0.8, 1.2, 3.0), directions=ROTATION)
+    geometry = slice_geometry(volume, env.show("Green", volume))
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    target = segments.ensure_segment(seg, volume, name="target")
+    other = segments.ensure_segment(seg, volume, name="other")
+    # existing content: the target on the slice and beside it, the other segment overlapping the slice
+    existing = np.zeros(geometry.shape, bool)
+    existing[1:3, 2:9] = True
+    segments.write_slice(seg, target, volume, geometry, existing)
+    neighbour = slice_geometry(volume, env.show("Green", volume, ras=geometry.pixel_to_ras_point(0, 0) +
+                                                geometry.in_plane_directions()[2] * 1.2 * 2))
+    assert neighbour.index != geometry.index
+    segments.write_slice(seg, target, volume, neighbour, np.ones(neighbour.shape, bool))
+    blocker = np.zeros(geometry.shape, bool)
+    blocker[3:6, 10:14] = True
+    segments.write_slice(seg, other, volume, geometry, blocker)
+    before_target, before_other = segment_array(seg, target, volume), segment_array(seg, other, volume)
+
+    mask = np.zeros(geometry.shape, bool)
+    mask[2:5, 5:13] = True
+    edit = segments.write_slice(seg, target, volume, geometry, mask, protect_other_segments=True)
+    after_target, after_other = segment_array(seg, target, volume), segment_array(seg, other, volume)
+    here = slice_index(geometry)
+    assert np.array_equal(geometry.orient(after_target[here]), mask & ~blocker)  # other segment's voxels kept off
+    outside = np.ones(after_target.shape, bool)
+    outside[here] = False
+    assert np.array_equal(after_target[outside], before_target[outside])  # other slices untouched
+    assert np.array_equal(after_other, before_other)  # other segment untouched
+    assert edit.changed == int(((mask & ~blocker) ^ existing).sum())
+
+    # overlap allowed: the other segment still keeps its voxels
+    segments.write_slice(seg, target, volume, geometry, mask, protect_other_segments=False)
+    assert np.array_equal(geometry.orient(segment_array(seg, target, volume)[here]), mask)
+    assert np.array_equal(segment_array(seg, other, volume), before_other)
+
+    segments.restore_slice(seg, target, volume, geometry, edit)
+    segments.restore_slice(seg, target, volume, geometry, segments.SliceEdit(before=existing, after=mask))
+    assert np.array_equal(segment_array(seg, target, volume), before_target)
+
+
+# -- markups --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("view", ["Red", "Yellow", "Green"])
+def test_markups_land_on_voxels_and_edits_read_back(env, view):
+    volume = volume_from_array(np.zeros((9, 13, 17), np.int16), "v", spacing=(0.7, 1.3, 2.9),
+                               origin=(5.0, -3.0, 10.0), directions=ROTATION)
+    geometry = slice_geometry(volume, env.show(view, volume))
+    markups = SessionMarkups(env.scene)
+    proposal = Point(4, 2, True)
+    markups.draw(geometry, [Box(1, 1, 6, 5), Point(3, 3, True), Point(2, 4, False)], proposal)
+    node = markups.node("proposal")
+    assert node.GetLocked() and not node.GetDisplayNode().GetVisibility3D()
+    ras = [0.0] * 3
+    node.GetNthControlPointPositionWorld(0, ras)
+    assert np.allclose(geometry.ras_to_ijk_point(ras), geometry.pixel_to_ijk_point(4, 2), atol=1e-6)
+    assert markups.node("positive").GetNumberOfControlPoints() == 1
+    assert markups.node("negative").GetNumberOfControlPoints() == 1
+    corners = roi_corners_ijk(markups.node("box"), geometry)
+    expected = [geometry.pixel_to_ijk_point(x, y) for x in (1, 6) for y in (1, 5)]
+    assert np.allclose(np.sort(np.array(corners), axis=0), np.sort(np.array(expected), axis=0), atol=1e-6)
+    assert markups.read_edit(geometry) is None
+
+    # moved and flipped
+    markups.set_editable(True)
+    node.SetNthControlPointPositionWorld(0, *geometry.pixel_to_ras_point(6, 3))
+    markups.flip_proposal()
+    assert markups.read_edit(geometry) == (Point(6, 3, False), "moved and flipped the proposed point")
+
+    # a new negative point wins over the moved proposal
+    markups.node("negative").AddControlPointWorld(*geometry.pixel_to_ras_point(1, 7))
+    assert markups.read_edit(geometry) == (Point(1, 7, False), "placed a new point")
+
+    # a resized proposed box
+    markups.draw(geometry, [], Box(2, 2, 8, 6))
+    box = markups.node("proposed box")
+    size = box.GetSize()
+    box.SetSize(size[0] + 2 * geometry.spacing[0], size[1], size[2])
+    assert markups.read_edit(geometry) == (Box(1, 2, 9, 6), "resized the proposed box")
+
+
+# -- parameter node -------------------------------------------------------------------------------------------
+def test_parameter_node_survives_save_and_reload(env, tmp_path):
+    volume = volume_from_array(np.zeros((4, 5, 6), np.int16), "ct")
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    node = find_or_create_parameter_node(env.scene)
+    assert read_settings(node) == AgentSettings()
+    settings = AgentSettings(segment_id="S_1", target="liver", slice_view="Green", policy="oracle",
+                             max_actions=7, window="liver", protect_other_segments=False, log_enabled=False,
+                             log_folder=str(tmp_path / "logs"), checkpoint="/w/lite.pth")
+    write_settings(node, settings)
+    set_nodes(node, volume, seg)
+    assert find_or_create_parameter_node(env.scene) is node  # a singleton
+    path = tmp_path / "scene.mrml"
+    env.scene.SetURL(str(path))
+    assert env.scene.Commit()
+    env.close()
+
+    reloaded = make_headless_slicer()
+    try:
+        reloaded.scene.SetURL(str(path))
+        assert reloaded.scene.Connect()
+        node = find_or_create_parameter_node(reloaded.scene)
+        assert read_settings(node) == settings
+        volume_node, seg_node = get_nodes(node)
+        assert volume_node.GetName() == "ct" and seg_node.GetName() == "seg"
+    finally:
+        reloaded.close()
+
+
+# -- whole sessions with the real tool ------------------------------------------------------------------------
+def _ct(env):
+    volume, _ = load_volume(CT, "totalseg_example_ct_sm")
+    _, labels = load_volume(CT_LABELS, "labels")
+    return volume, labels == LIVER
+
+
+def _check_log(path, geometry, volume_name):
+    episode = read_episodes(path)[-1]
+    assert episode.accepted and episode.end["status"] == "finished"
+    assert episode.header["meta"]["slice"]["index"] == geometry.index
+    assert episode.steps, "no steps logged"
+    for step in episode.steps:
+        extra = step.record["extra"]
+        assert extra["volume"]["name"] == volume_name
+        assert extra["slice"]["index"] == geometry.index and extra["slice"]["orientation"]
+        coords = extra["applied_coordinates"]
+        applied = step.applied
+        if isinstance(applied, Point):
+            assert np.allclose(coords["ijk"], geometry.pixel_to_ijk_point(applied.x, applied.y))
+            assert np.allclose(geometry.ras_to_ijk_point(coords["ras"]), coords["ijk"], atol=1e-3)
+        elif isinstance(applied, Box):
+            for ijk, ras in zip(coords["ijk"], coords["ras"]):
+                assert np.allclose(geometry.ras_to_ijk_point(ras), ijk, atol=1e-3)
+        else:
+            assert coords == {"type": "stop"}
+        if step.record["proposal"] is not None:
+            assert extra["proposed_coordinates"]["type"] == step.record["proposal"]["action"]["type"]
+    return episode
+
+
+@pytest.mark.parametrize("view", ["Red", "Yellow", "Green"])
+def test_session_on_ct_in_every_orientation(env, logic_factory, tmp_path, view):
+    volume, liver = _ct(env)
+    node = env.show(view, volume, ras=centre_ras(volume, liver))
+    geometry = slice_geometry(volume, node)
+    truth = geometry.extract(liver)
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    other = segments.ensure_segment(seg, volume, name="kidney")
+    blocker = np.zeros(geometry.shape, bool)
+    ys, xs = np.nonzero(truth)
+    blocker[ys.min():ys.min() + 3, :] = True  # another segment across the top of the liver
+    segments.write_slice(seg, other, volume, geometry, blocker)
+    other_before = segment_array(seg, other, volume)
+
+    logic = logic_factory()
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=2, log_folder=str(tmp_path))
+    assert logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth,
+                                      policy_options=ORACLE)) == "proposed"
+    proposal = logic.pending.action
+    assert isinstance(proposal, Box)  # the oracle starts from its own box
+    corners = roi_corners_ijk(logic.markups.node("proposed box"), geometry)
+    expected = [geometry.pixel_to_ijk_point(x, y) for x in (proposal.x1, proposal.x2) for y in (proposal.y1, proposal.y2)]
+    assert np.allclose(np.sort(np.array(corners), axis=0), np.sort(np.array(expected), axis=0), atol=1e-6)
+    target_before = segment_array(seg, logic.segment_id, volume)
+
+    logic.run(logic.accept_work())
+    here = slice_index(geometry)
+    written = segment_array(seg, logic.segment_id, volume)
+    assert np.array_equal(geometry.orient(written[here]), logic.session.mask & ~blocker)
+    outside = np.ones(written.shape, bool)
+    outside[here] = False
+    assert np.array_equal(written[outside], target_before[outside])
+    assert np.array_equal(segment_array(seg, other, volume), other_before)
+    after_box = geometry.orient(written[here]).copy()
+
+    # the agent proposes again; the clinician places a positive click where the mask misses the liver instead
+    assert logic.run(logic.advance_work()) == "proposed"
+    miss = truth & ~logic.session.mask
+    y, x = np.argwhere(miss if miss.any() else truth)[0]
+    logic.input_markups().node("positive").AddControlPointWorld(*geometry.pixel_to_ras_point(x, y))
+    step = logic.run(logic.override_work())
+    assert step.applied == Point(int(x), int(y), True) and step.decision == "override"
+    assert step.proposal is not None
+    assert step.extra["clinician_edit"] == "placed a new point"
+    assert np.array_equal(geometry.orient(segment_array(seg, logic.segment_id, volume)[here]),
+                          logic.session.mask & ~blocker)
+
+    status = logic.continue_()
+    assert status in ("stopped", "limit") or status.startswith("paused")
+    assert np.array_equal(geometry.orient(segment_array(seg, logic.segment_id, volume)[here]),
+                          logic.session.mask & ~blocker)
+    rows = logic.rows()
+    assert rows[0]["who"] == "agent" and rows[0]["decision"] == "accept" and rows[0]["confidence"] > 0
+
+    # undo back to the box: the slice is exactly what it was then; then undo everything
+    while len(logic.session.steps) > 1:
+        logic.undo()
+    assert np.array_equal(geometry.orient(segment_array(seg, logic.segment_id, volume)[here]), after_box)
+    logic.undo()
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), target_before)
+    assert np.array_equal(segment_array(seg, other, volume), other_before)
+
+    # redo the box and finish: a normal segment remains, the markups go, the log is an expert trajectory
+    logic.run(logic.advance_work())
+    logic.run(logic.accept_work())
+    path = logic.finish()
+    assert not logic.active
+    assert env.scene.GetNodesByClass("vtkMRMLMarkupsNode").GetNumberOfItems() == 0
+    segment = seg.GetSegmentation().GetSegment(logic.segment_id)
+    assert segment is not None and seg.GetSegmentation().ContainsRepresentation(
+        slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+    assert segment_array(seg, logic.segment_id, volume)[here].any()
+    episode = _check_log(path, geometry, "totalseg_example_ct_sm")
+    assert [s.decision for s in episode.steps] == ["accept"]
+    assert len(episode.undone) >= 2
+
+
+def test_session_on_rotated_anisotropic_ct(env, logic_factory, tmp_path):
+    """The CT's voxels under a rotated direction matrix and anisotropic spacing, from a clinician's click."""
+    _, array = load_volume(CT, "ct")
+    _, labels = load_volume(CT_LABELS, "labels")
+    volume = volume_from_array(array, "rotated_ct", spacing=(0.9, 1.4, 3.5), origin=(-20.0, 40.0, 5.0),
+                               directions=ROTATION)
+    liver = labels == LIVER
+    node = env.show("Red", volume, ras=centre_ras(volume, liver))
+    geometry = slice_geometry(volume, node)
+    assert geometry.axis == 2 and geometry.obliquity_deg > 15
+    truth = geometry.extract(liver)
+    ys, xs = np.nonzero(truth)
+    click = Point(int(np.median(xs)), int(np.median(ys)), True)
+    assert truth[click.y, click.x]
+    logic = logic_factory()
+    logic.input_markups().node("positive").AddControlPointWorld(*geometry.pixel_to_ras_point(click.x, click.y))
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=2, log_folder=str(tmp_path))
+    assert logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth,
+                                      policy_options=ORACLE)) == "started"
+    first = logic.session.steps[0]
+    assert first.decision == "hint" and first.applied == click
+    applied = logic.markups.node("positive")
+    ras = [0.0] * 3
+    applied.GetNthControlPointPositionWorld(0, ras)
+    assert np.allclose(geometry.ras_to_ijk_point(ras), geometry.pixel_to_ijk_point(click.x, click.y), atol=1e-6)
+    logic.continue_()
+    here = slice_index(geometry)
+    assert np.array_equal(geometry.orient(segment_array(seg, logic.segment_id, volume)[here]), logic.session.mask)
+    path = logic.finish()
+    _check_log(path, geometry, "rotated_ct")
+
+
+@pytest.mark.skipif(not (BRAIN.exists() and BRAIN_LABELS.exists()), reason="shared pyradiomics brain1 not present")
+def test_session_on_brain_mr(env, logic_factory, tmp_path):
+    volume, _ = load_volume(BRAIN, "brain1")
+    _, labels = load_volume(BRAIN_LABELS, "brain1_label")
+    lesion = labels > 0
+    node = env.show("Red", volume, ras=centre_ras(volume, lesion))  # axial: the acquisition plane
+    geometry = slice_geometry(volume, node)
+    truth = geometry.extract(lesion)
+    assert truth.any()
+    logic = logic_factory()
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    settings = AgentSettings(policy="oracle", target="lesion in brain MR", max_actions=2, window="auto",
+                             log_folder=str(tmp_path))
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
+    logic.continue_()
+    here = slice_index(geometry)
+    assert np.array_equal(geometry.orient(segment_array(seg, logic.segment_id, volume)[here]), logic.session.mask)
+    assert logic.session.steps[0].iou > 0.3
+    _check_log(logic.finish(), geometry, "brain1")
+
+
+def test_start_needs_inputs_and_a_hint_for_hint_policies(env, logic_factory):
+    volume, _ = _ct(env)
+    node = env.show("Red", volume)
+    logic = logic_factory()
+    with pytest.raises(AgentLogicError, match="choose an input volume"):
+        logic.start_work(volume, None, node, AgentSettings())
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(AgentLogicError, match="needs a first click"):
+        logic.start_work(volume, seg, node, AgentSettings(policy="builtin", log_enabled=False))
+    with pytest.raises(AgentLogicError, match="no session"):
+        logic.accept_work()
