@@ -247,9 +247,7 @@ class MedSAMAgentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running work without freezing the GUI ----------------------------------------------------------------
     def submit(self, work, then=None):
         """Run ``work.compute`` in a worker thread (engine only) and ``work.apply`` here when it is done."""
-        if work is None:
-            if then:
-                then(None)
+        if work is None:  # the logic refused (its message is already shown)
             return
         self._busy = True
         self._job = {"work": work, "then": then, "result": None, "error": None}

@@ -1,14 +1,13 @@
 """Colours, in one place: the model's overlay (fixed by the protocol) and the clinician's markers."""
 
 MODEL_MASK_GREEN = (0, 255, 0)  # the policy's observation: mask blended in pure green (AGENT_PROTOCOL.md)
-MODEL_MASK_ALPHA = 0.5
 
 # what people see (PNG overlays and Slicer markups); RGB 0..255
-MASK = (255, 200, 0)
-POSITIVE = (0, 200, 0)
-NEGATIVE = (230, 30, 30)
-PROPOSAL = (255, 0, 255)  # the agent's pending proposal: distinct from applied clicks
-BOX = (0, 160, 255)
+MASK = (0, 210, 255)  # PNG overlays only; in Slicer the segment keeps its own colour
+POSITIVE = (26, 217, 51)
+NEGATIVE = (242, 38, 38)
+PROPOSAL = (255, 166, 0)  # amber: the agent's pending proposal, distinct from applied prompts
+BOX = (51, 179, 255)
 
 
 def as_float(rgb: tuple[int, int, int]) -> tuple[float, float, float]:

@@ -21,7 +21,7 @@ def overlay(
     proposal: Optional[Action] = None,
     scale: int = 2,
 ) -> Image.Image:
-    """RGB picture: the mask tinted with its outline, applied boxes/clicks, and the proposal (magenta)."""
+    """RGB picture: the mask tinted with its outline, applied boxes/clicks, and the proposal (amber)."""
     rgb = image.astype(np.float32).copy()
     if mask is not None and mask.any():
         tint = np.array(colors.MASK, np.float32)

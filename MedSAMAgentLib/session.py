@@ -160,7 +160,12 @@ class Session:
         )
 
     def observation(self) -> Observation:
-        masks = [state.prediction.mask for state in self._history[1:] if state.prediction is not None]
+        # one mask per applied box/point action (reject and stop steps repeat a state and add none)
+        masks = [
+            state.prediction.mask
+            for before, state in zip(self._history, self._history[1:])
+            if state.prediction is not None and len(state.actions) > len(before.actions)
+        ]
         return Observation(
             image=self.image,
             target=self.target,

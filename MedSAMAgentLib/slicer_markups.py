@@ -23,16 +23,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import colors
 from .actions import Action, Box, Point, Stop
+from .colors import as_float
 from .slicer_geometry import SliceGeometry, numpy_to_vtk_matrix, vtk_matrix_to_numpy
 
 ROLE_ATTRIBUTE = "MedSAMAgent.Role"
 COLOURS = {
-    "proposal": (1.0, 0.65, 0.0),
-    "proposed box": (1.0, 0.65, 0.0),
-    "positive": (0.1, 0.85, 0.2),
-    "negative": (0.95, 0.15, 0.15),
-    "box": (0.2, 0.7, 1.0),
+    "proposal": as_float(colors.PROPOSAL),
+    "proposed box": as_float(colors.PROPOSAL),
+    "positive": as_float(colors.POSITIVE),
+    "negative": as_float(colors.NEGATIVE),
+    "box": as_float(colors.BOX),
 }
 POINT_ROLES = ("proposal", "positive", "negative")
 ROI_ROLES = ("proposed box", "box")

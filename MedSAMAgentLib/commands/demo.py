@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..actions import Box, Point, Stop, describe
 from ..manifest import bundled_manifest, load_case
+from ..policies.mllm import add_policy_arguments, describe_policy, policy_options_from_args
 from ..registry import DEFAULT_POLICY, DEFAULT_TOOL, make_policy, make_tool
 from ..render import overlay, save_mask_png
 from ..reviewers import SimulatedClinician
@@ -20,12 +21,14 @@ DEMO_CASE = "medscribble/BTCV/0763890-Image_axis1_maxslice"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="run a bundled case end to end (no download, no GPU)",
-                                   description=__doc__)
+                                   description="Run a bundled real case end to end with the built-in tool, the "
+                                   "built-in policy and a simulated clinician that reads the ground truth. "
+                                   "Needs no download and no GPU.")
     parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     parser.add_argument("--case", default=DEMO_CASE, help=f"bundled case id (default: {DEMO_CASE})")
     parser.add_argument("--tool", default=DEFAULT_TOOL)
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    add_policy_arguments(parser, default_policy=DEFAULT_POLICY)
     parser.add_argument("--max-steps", type=int, default=5, help="box/point actions per episode (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
@@ -46,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print("loading the tool ...", flush=True)
     tool = make_tool(args.tool, checkpoint=args.checkpoint)
-    policy = make_policy(args.policy, ground_truth=loaded.ground_truth, seed=args.seed)
+    policy = make_policy(args.policy, ground_truth=loaded.ground_truth, seed=args.seed,
+                         **policy_options_from_args(args))
+    if args.policy == "mllm":
+        print(describe_policy(policy))
     clinician = SimulatedClinician(loaded.ground_truth, seed=args.seed)
     applied_so_far: list = []
 

@@ -44,7 +44,8 @@ def _slice_spec(text: str) -> tuple[int, int]:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("segment", help="segment one image from boxes and clicks",
-                                   description=__doc__ + " Pixel coordinates: X = column, Y = row.")
+                                   description="Segment one image (or one slice of a volume) from your prompts, "
+                                   "applied in the order given. Pixel coordinates: X = column, Y = row.")
     parser.add_argument("image", help="2D image (npy, png, jpg) or volume (nii.gz, nrrd) with --slice")
     parser.add_argument("--slice", type=_slice_spec, help="AXIS:INDEX of the slice to segment in a volume")
     parser.add_argument("--modality", default=None, help="CT windows intensities; others use percentiles")

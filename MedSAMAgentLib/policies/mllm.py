@@ -151,13 +151,8 @@ class MLLMPolicy:
 
 
 def masks_per_action(observation: Observation) -> list[np.ndarray]:
-    """The mask after each applied action. ``Observation.masks`` repeats a state after a reject or stop (the
-    same array object); those repeats are dropped so that masks line up with actions."""
-    masks: list[np.ndarray] = []
-    for mask in observation.masks:
-        if masks and mask is masks[-1]:
-            continue
-        masks.append(mask)
+    """The mask after each applied action, checked to line up with the actions."""
+    masks = list(observation.masks)
     count = len(observation.actions)
     if len(masks) == count:
         return masks

@@ -27,10 +27,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..actions import Action
+from ..colors import MODEL_MASK_GREEN
 from ..geometry import MODEL_IMAGE_SIZE, Letterbox
 from ..toolcall import format_tool_call
 
-GREEN = np.array([0, 255, 0], dtype=np.uint16)
+GREEN = np.array(MODEL_MASK_GREEN, dtype=np.uint16)
 HISTORY_TURNS = 5  # previous user/assistant turns kept in the conversation (images included)
 MAX_NEW_TOKENS = 128  # the protocol's generation limit; decoding is greedy
 

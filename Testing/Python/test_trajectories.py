@@ -37,7 +37,8 @@ from MedSAMAgentLib.trajectory import TrajectoryWriter, read_episodes
 
 CASE = "sam-med2d/s0114_111_aorta_000"  # 181 x 258
 MANIFEST = BUNDLED_DATA / "manifest.jsonl"
-SETTINGS = GenerateSettings(paradigms=("box-to-point", "sequential-click"), seed=7)
+SETTINGS = GenerateSettings(paradigms=("box-to-point", "sequential-click"), seed=7, resample=2)
+CHEAP = GenerateSettings(paradigms=("box-to-point",), seed=11, max_steps=2, resample=0)  # determinism runs
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -79,7 +80,7 @@ def test_progress_constraint_and_stop(episodes):
         assert isinstance(steps[-1].applied, Stop), "every generated episode ends with the stop action"
         prompts = [s for s in steps if not isinstance(s.applied, Stop)]
         assert 1 <= len(prompts) <= SETTINGS.max_steps
-        assert all(s.decision == "accept" and s.actor == "agent" for s in steps)
+        assert all(s.decision == "accept" and s.record["actor"] == "agent" for s in steps)
         ious = [s.record["iou"] for s in prompts]
         for before, after in zip(ious, ious[1:]):
             assert after - before >= tau - 1e-9, f"a kept click raised IoU by only {after - before:.4f}"
@@ -88,27 +89,29 @@ def test_progress_constraint_and_stop(episodes):
         assert ious[-1] >= SETTINGS.stop_iou or len(prompts) == SETTINGS.max_steps or "no click" in stop_reason
 
 
-def test_same_seed_same_files_and_resume(generated, tmp_path, litemedsam):
+def test_same_seed_same_files_and_resume(tmp_path, litemedsam):
     """Identical records except the wall-clock keys 'created' and 'timings'; a rerun skips finished cases
     and redoes a half-written log."""
-    again = tmp_path / "again"
-    generate(MANIFEST, again, SETTINGS, tool=litemedsam, progress=False, cases=[CASE])
-    first, second = log_path(generated, CASE), log_path(again, CASE)
+    once, again = tmp_path / "once", tmp_path / "again"
+    generate(MANIFEST, once, CHEAP, tool=litemedsam, progress=False, cases=[CASE])
+    generate(MANIFEST, again, CHEAP, tool=litemedsam, progress=False, cases=[CASE])
+    first, second = log_path(once, CASE), log_path(again, CASE)
     assert list(comparable_records(first)) == list(comparable_records(second))
+    assert first.read_text() != second.read_text()  # the wall-clock keys stay in the logs
     for folder in ("images", "masks"):
         name = second.with_suffix(".png").name
-        assert (generated / folder / name).read_bytes() == (again / folder / name).read_bytes()
+        assert (once / folder / name).read_bytes() == (again / folder / name).read_bytes()
 
-    report = generate(MANIFEST, again, SETTINGS, progress=False, cases=[CASE])  # no tool needed: all finished
+    report = generate(MANIFEST, again, CHEAP, progress=False, cases=[CASE])  # no tool needed: all finished
     assert [r.status for r in report.results] == ["skipped"]
 
     lines = second.read_text().splitlines()
     second.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # a run killed half-way
-    report = generate(MANIFEST, again, SETTINGS, tool=litemedsam, progress=False, cases=[CASE])
+    report = generate(MANIFEST, again, CHEAP, tool=litemedsam, progress=False, cases=[CASE])
     assert [r.status for r in report.results] == ["done"]
     assert list(comparable_records(first)) == list(comparable_records(second))
 
-    other = GenerateSettings(paradigms=("box-to-point",), seed=8, max_steps=1)  # another request: redone
+    other = GenerateSettings(paradigms=("box-to-point",), seed=8, max_steps=1, resample=0)  # another request
     report = generate(MANIFEST, again, other, tool=litemedsam, progress=False, cases=[CASE])
     assert [r.status for r in report.results] == ["done"]
     assert len(read_episodes(second)) == 1
