@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "MedSAMAgentLib.commands.demo",
     "MedSAMAgentLib.commands.segment",
     "MedSAMAgentLib.commands.trajectories",
+    "MedSAMAgentLib.commands.evaluate",
 )
 
 

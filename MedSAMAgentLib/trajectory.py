@@ -96,7 +96,8 @@ def save_episode_image(log_path: str | os.PathLike, name: str, image: np.ndarray
     from PIL import Image
 
     log_path = Path(log_path)
-    folder = log_path.parent / f"{log_path.name.split('.')[0]}.images"
+    stem = log_path.name.removesuffix(".partial").removesuffix(".jsonl")
+    folder = log_path.parent / f"{stem}.images"
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(image)).save(folder / f"{name}.png")
     return f"{folder.name}/{name}.png"

@@ -10,7 +10,8 @@ from pathlib import Path
 from ..actions import Box, Point, Stop, describe
 from ..manifest import bundled_manifest, load_case
 from ..policies.mllm import add_policy_arguments, describe_policy, policy_options_from_args
-from ..registry import DEFAULT_POLICY, DEFAULT_TOOL, make_policy, make_tool
+from ..registry import DEFAULT_POLICY, make_policy
+from . import add_tool_arguments, tool_from_args
 from ..render import overlay, save_mask_png
 from ..reviewers import SimulatedClinician
 from ..session import Session
@@ -26,8 +27,7 @@ def register(subparsers) -> None:
                                    "Needs no download and no GPU.")
     parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     parser.add_argument("--case", default=DEMO_CASE, help=f"bundled case id (default: {DEMO_CASE})")
-    parser.add_argument("--tool", default=DEFAULT_TOOL)
-    parser.add_argument("--checkpoint", default=None)
+    add_tool_arguments(parser)
     add_policy_arguments(parser, default_policy=DEFAULT_POLICY)
     parser.add_argument("--max-steps", type=int, default=5, help="box/point actions per episode (default 5)")
     parser.add_argument("--seed", type=int, default=0)
@@ -48,11 +48,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"tool   {args.tool}   policy {args.policy}   reviewer: simulated clinician (reads ground truth)")
     started = time.perf_counter()
     print("loading the tool ...", flush=True)
-    tool = make_tool(args.tool, checkpoint=args.checkpoint)
+    tool = tool_from_args(args)
     policy = make_policy(args.policy, ground_truth=loaded.ground_truth, seed=args.seed,
                          **policy_options_from_args(args))
     if args.policy == "mllm":
         print(describe_policy(policy))
+        advice = policy.tool_advice(args.tool)
+        if advice:
+            print(f"note: {advice}")
     clinician = SimulatedClinician(loaded.ground_truth, seed=args.seed)
     applied_so_far: list = []
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..actions import Box, Point
 from ..images import load_image_2d
-from ..registry import DEFAULT_TOOL, make_tool
+from . import add_tool_arguments, tool_from_args
 from ..render import save_mask_png
 
 
@@ -51,8 +51,7 @@ def register(subparsers) -> None:
     parser.add_argument("--modality", default=None, help="CT windows intensities; others use percentiles")
     parser.add_argument("--box", nargs=4, metavar=("X1", "Y1", "X2", "Y2"), action=_Prompt)
     parser.add_argument("--point", nargs=3, metavar=("X", "Y", "pos|neg"), action=_Prompt)
-    parser.add_argument("--tool", default=DEFAULT_TOOL)
-    parser.add_argument("--checkpoint", default=None)
+    add_tool_arguments(parser)
     parser.add_argument("--out", required=True, help="output mask (.png or .npy)")
     parser.set_defaults(func=run, prompts=None)
 
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         ys = [prompt.y1, prompt.y2] if isinstance(prompt, Box) else [prompt.y]
         if min(xs) < 0 or max(xs) > w - 1 or min(ys) < 0 or max(ys) > h - 1:
             raise ValueError(f"prompt {prompt} lies outside the {w}x{h} image")
-    tool = make_tool(args.tool, checkpoint=args.checkpoint)
+    tool = tool_from_args(args)
     tool.set_image(image)
     prediction = None
     for i in range(len(args.prompts)):

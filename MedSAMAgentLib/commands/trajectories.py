@@ -65,6 +65,8 @@ def register(subparsers) -> None:
                      help="keep only agent proposals the reviewer accepted (one sample per step)")
     exp.add_argument("--only-corrections", action="store_true",
                      help="keep only the clinician's overrides (one sample per step)")
+    exp.add_argument("--min-iou", type=float, default=0.0,
+                     help="drop episodes whose final mask is below this IoU against the ground truth (default 0)")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.set_defaults(func=run_export)
 
@@ -95,7 +97,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..trajectories.export import export
 
     report = export(args.logs, args.format, args.out, only_accepted=args.only_accepted,
-                    only_corrections=args.only_corrections, progress=not args.no_progress)
+                    only_corrections=args.only_corrections, min_iou=args.min_iou, progress=not args.no_progress)
     print(report.summary())
     return 0 if report.samples else 1
 

@@ -79,6 +79,9 @@ class LiteMedSAM:
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._image: Optional[np.ndarray] = None
         self._embedding = None
+        self._key = ""
+        self._boxes: OrderedDict[tuple, tuple] = OrderedDict()  # (image key, box) -> decoder output
+        self._refiner = None  # refinement.ClickRefiner, made on the first click
         self.encode_count = 0  # how many embeddings were computed (tests and benchmarks read it)
 
     # -- image --------------------------------------------------------------------------------------------
@@ -87,6 +90,7 @@ class LiteMedSAM:
             raise ToolError(f"LiteMedSAM needs an HxWx3 uint8 image, got {image.shape} {image.dtype}")
         key = key or image_key(image)
         self._image = image
+        self._key = key
         if key in self._cache:
             self._cache.move_to_end(key)
             self._embedding = self._cache[key]
@@ -169,22 +173,31 @@ class LiteMedSAM:
         if box_index is not None:
             box = prompts[box_index]
             self.last_box = box.as_list()
-            logits, scores = self.decode(box=box.as_list())
+            cache_key = (self._key, tuple(box.as_list()))
+            if cache_key not in self._boxes:  # each click re-reads the box's output, never re-decodes it
+                self._boxes[cache_key] = self.decode(box=box.as_list())
+                if len(self._boxes) > _CACHE_SIZE:
+                    self._boxes.popitem(last=False)
+            self._boxes.move_to_end(cache_key)
+            logits, scores = self._boxes[cache_key]
         else:  # clicks only: the decoder's own point prompts give the starting mask
             pts = np.array([[p.x, p.y] for p in clicks], np.float32)
             labels = np.array([int(p.positive) for p in clicks])
             logits, scores = self.decode(points=pts, labels=labels, multimask=True)
             best = int(np.argmax(scores))
             logits, scores = logits[best : best + 1], scores[best : best + 1]
+        full_logits = self.upsample(logits[0])
         base = Prediction(
-            mask=self.upsample(logits[0]) > 0,
+            mask=full_logits > 0,
             logits=logits[:1].astype(np.float32),
             score=float(np.clip(scores[0], 0.0, 1.0)),
+            probability=1.0 / (1.0 + np.exp(-full_logits)),
         )
-        full_logits = self.upsample(logits[0])
-        base.probability = 1.0 / (1.0 + np.exp(-full_logits))
         if clicks and box_index is not None:
-            from ..refinement import refine_with_clicks
+            from ..refinement import ClickRefiner, refine_with_clicks
 
-            return refine_with_clicks(self, base, clicks)
+            if self._refiner is None:
+                self._refiner = ClickRefiner()
+            return refine_with_clicks(self._refiner, self._image, base, full_logits, prompts[box_index], clicks,
+                                      key=self._key)
         return base

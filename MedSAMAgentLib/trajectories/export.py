@@ -17,11 +17,13 @@ or a generated expert trajectory). Where each piece comes from:
 - the ground truth: ``meta["mask_path"]`` (generated logs), else the manifest case, else the accepted final mask
   (a clinician's session: what the clinician approved *is* the ground truth).
 
+``min_iou`` drops episodes whose final mask is below that IoU against the ground truth (weak expert runs).
 ``only_accepted`` / ``only_corrections`` keep single steps instead of whole episodes: agent proposals the
 reviewer accepted (decision ``accept``) / the clinician's overrides (``override``); both: either. Then each
 kept step is one SFT sample (the conversation up to it, with the protocol's 5-turn history, and that step's
 action as the last assistant turn; train with LLaMA-Factory's ``mask_history: true`` so only it is learned),
-and the verl export keeps the tasks that have such a step.
+and the verl export keeps the tasks that have such a step. A whole-episode sample keeps every turn (the policy
+sees at most the last 5 previous turns; generated episodes, at most 5 actions, never exceed that).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..actions import Action, Box, Point, Stop
+from ..actions import Action, Stop
 from ..geometry import Letterbox
 from ..trajectory import Episode, load_episode_image, read_episodes
 
@@ -202,12 +204,17 @@ def prepare(episode: Episode, log: Path, need_ground_truth: bool) -> ExportEpiso
 
 
 def load_export_episodes(paths: Sequence[str | os.PathLike], report: ExportReport,
-                         need_ground_truth: bool = False) -> Iterator[ExportEpisode]:
+                         need_ground_truth: bool = False, min_iou: float = 0.0) -> Iterator[ExportEpisode]:
+    """Exportable episodes; with ``min_iou`` only those whose final mask reaches it against the ground truth."""
+    from ..metrics import iou
+
     for log in log_files(paths):
         for episode in read_episodes(log):
-            prepared = prepare(episode, log, need_ground_truth)
+            prepared = prepare(episode, log, need_ground_truth or min_iou > 0)
             if isinstance(prepared, str):
                 report.skip(prepared)
+            elif min_iou > 0 and iou(prepared.prompts[-1].mask, prepared.ground_truth) < min_iou:
+                report.skip(f"episodes ending below IoU {min_iou:g}")
             else:
                 yield prepared
 
@@ -268,7 +275,7 @@ def sft_messages(episode: ExportEpisode, upto: Optional[int] = None) -> list[dic
 
 
 def export_llamafactory(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                        only_accepted: bool = False, only_corrections: bool = False,
+                        only_accepted: bool = False, only_corrections: bool = False, min_iou: float = 0.0,
                         progress: bool = False) -> ExportReport:
     """Write ``out/medsam_agent_sft.json``, ``out/images/*.png`` and ``out/dataset_info.json``."""
     from tqdm import tqdm
@@ -281,7 +288,8 @@ def export_llamafactory(paths: Sequence[str | os.PathLike], out: str | os.PathLi
     samples: list[dict] = []
     written: dict[str, str] = {}  # image content digest -> relative path (each image file once)
     per_step = only_accepted or only_corrections
-    for episode in tqdm(load_export_episodes(paths, report), desc="export", unit="episode", disable=not progress):
+    for episode in tqdm(load_export_episodes(paths, report, min_iou=min_iou), desc="export", unit="episode",
+                        disable=not progress):
         chosen = selected_turns(episode, only_accepted, only_corrections)
         if not chosen:
             report.skip("episodes with no step of the requested kind")
@@ -340,7 +348,8 @@ def rl_schema():
 
 
 def export_verl(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, only_accepted: bool = False,
-                only_corrections: bool = False, split: str = "train", progress: bool = False) -> ExportReport:
+                only_corrections: bool = False, min_iou: float = 0.0, split: str = "train",
+                progress: bool = False) -> ExportReport:
     """Write ``out/medsam_agent_rl.parquet``: one row per distinct (image, target, ground truth)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -353,7 +362,7 @@ def export_verl(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
     out.mkdir(parents=True, exist_ok=True)
     report = ExportReport("verl", out)
     rows: dict[str, dict] = {}
-    for episode in tqdm(load_export_episodes(paths, report, need_ground_truth=True), desc="export",
+    for episode in tqdm(load_export_episodes(paths, report, need_ground_truth=True, min_iou=min_iou), desc="export",
                         unit="episode", disable=not progress):
         if (only_accepted or only_corrections) and not selected_turns(episode, only_accepted, only_corrections):
             report.skip("episodes with no step of the requested kind")

@@ -16,8 +16,9 @@ Layout of ``OUT``:
 
 Resumable: a rerun keeps every finished log whose episodes match the request and redoes the rest.
 Deterministic: each episode's seed comes from (seed, case id, paradigm, episode number), not from the order
-or the process it ran in, so the same seed gives the same files except the wall-clock keys ``created`` and
-``timings`` (``TIMING_KEYS``), which stay in the logs because they are true.
+or the process it ran in, and every episode runs on one torch thread, so the same seed gives the same files
+(whatever ``--workers``) except the wall-clock keys ``created`` and ``timings`` (``TIMING_KEYS``), which stay
+in the logs because they are true; compare with ``comparable_records``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from ..trajectory import TrajectoryWriter, iter_records
 
 PARADIGMS = ("box-to-point", "sequential-click")
 TIMING_KEYS = ("created", "timings")  # wall-clock values: the only fields that differ between identical runs
+# Torch's CPU results (e.g. the tool's predicted-IoU score) change in the last bits with the thread count, so
+# every episode runs on one thread whatever --workers is: the files do not depend on the number of workers.
+TORCH_THREADS = 1
 SOURCE = "medsam-agent trajectories generate"
 _DEFAULTS = OracleSettings()
 
@@ -255,12 +259,12 @@ def generate_case(tool, case: Case, manifest: Path, settings: GenerateSettings, 
 _WORKER_TOOL = None
 
 
-def _init_worker(tool: str, checkpoint: Optional[str], threads: int) -> None:
-    """Each worker process builds its tool once."""
+def _init_worker(tool: str, checkpoint: Optional[str]) -> None:
+    """Each worker process builds its tool once (one torch thread: see ``TORCH_THREADS``)."""
     global _WORKER_TOOL
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(TORCH_THREADS)
     from ..registry import make_tool
 
     _WORKER_TOOL = make_tool(tool, checkpoint=checkpoint, device="cpu")
@@ -305,16 +309,21 @@ def generate(manifest: str | Path, out: str | Path, settings: GenerateSettings =
                 from ..registry import make_tool
 
                 tool = make_tool(settings.tool, checkpoint=settings.checkpoint)
-            for case in todo:
-                report.results.append(generate_case(tool, case, manifest, settings, out))
-                bar.update()
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(TORCH_THREADS)
+            try:
+                for case in todo:
+                    report.results.append(generate_case(tool, case, manifest, settings, out))
+                    bar.update()
+            finally:
+                torch.set_num_threads(threads)
         elif todo:
             import multiprocessing
 
-            threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker,
-                                     initargs=(settings.tool, settings.checkpoint, threads)) as pool:
+                                     initializer=_init_worker, initargs=(settings.tool, settings.checkpoint)) as pool:
                 futures = [pool.submit(_work, case, manifest, settings, out) for case in todo]
                 for future in as_completed(futures):
                     report.results.append(future.result())
@@ -324,11 +333,24 @@ def generate(manifest: str | Path, out: str | Path, settings: GenerateSettings =
     order = {case.id: i for i, case in enumerate(chosen)}
     report.results.sort(key=lambda r: order[r.case_id])
     report.seconds = time.perf_counter() - started
-    (out / "generate.json").write_text(json.dumps(
-        {"manifest": str(manifest.resolve()), "settings": settings.as_meta(), "dims": dims,
-         "cases": [asdict(r) for r in report.results], "excluded": report.excluded,
-         "seconds": round(report.seconds, 2)}, indent=1) + "\n", encoding="utf-8")
+    write_summary(out / "generate.json", manifest, settings, dims, report)
     return report
+
+
+def write_summary(path: Path, manifest: Path, settings: GenerateSettings, dims: str, report: GenerateReport) -> None:
+    """``generate.json``: each case's latest generation (a skipped case keeps the record of the run that made
+    it), and this run's time."""
+    previous = {}
+    if path.is_file():
+        try:
+            previous = {c["case_id"]: c for c in json.loads(path.read_text(encoding="utf-8")).get("cases", [])}
+        except (ValueError, KeyError, TypeError):
+            previous = {}
+    cases = [previous.get(r.case_id, asdict(r)) if r.status == "skipped" else asdict(r) for r in report.results]
+    path.write_text(json.dumps(
+        {"manifest": str(manifest.resolve()), "settings": settings.as_meta(), "dims": dims, "cases": cases,
+         "excluded": report.excluded, "seconds_this_run": round(report.seconds, 2)}, indent=1) + "\n",
+        encoding="utf-8")
 
 
 def comparable_records(path: str | Path) -> Iterator[dict]:

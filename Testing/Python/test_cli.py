@@ -59,7 +59,9 @@ def test_segment_a_volume_slice(tmp_path, bundled, capsys):
         (["segment", "missing.png", "--box", "1", "2", "3", "4", "--out", "x.png"], "no such file"),
         (["segment", "IMAGE", "--out", "x.png"], "at least one --box or --point"),
         (["segment", "IMAGE", "--point", "999", "5", "pos", "--out", "x.png"], "outside"),
-        (["segment", "IMAGE", "--box", "1", "2", "3", "4", "--tool", "nope", "--out", "x.png"], "unknown tool"),
+        (["segment", "IMAGE", "--box", "1", "2", "3", "4", "--tool-option", "size", "--out", "x.png"], "KEY=VALUE"),
+        (["segment", "IMAGE", "--box", "1", "2", "3", "4", "--tool", "sam", "--checkpoint", "no.pth", "--out",
+          "x.png"], "no.pth"),
         (["demo", "--case", "nope"], "no bundled case"),
     ],
 )

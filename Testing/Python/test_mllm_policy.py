@@ -327,6 +327,76 @@ def test_endpoint_episode_follows_the_script(bundled, litemedsam, loopback, tmp_
     assert not np.array_equal(seen[1], seen[0])
 
 
+def _box_around(truth, letterbox):
+    ys, xs = np.nonzero(truth)
+    return letterbox.action_to_model(Box(xs.min(), ys.min(), xs.max(), ys.max()))["bbox_2d"]
+
+
+EVAL_CASES = ("medscribble/BTCV/0763890-Image_axis1_maxslice", "medscribble/HipXRay/image_054_axis0_midslice")
+
+
+def test_evaluate_agent_protocol_through_an_endpoint(bundled, loopback, tmp_path, capsys):
+    """``medsam-agent evaluate --policy mllm --endpoint URL``: the policy is made once, every case's episode is
+    logged, and the summary counts the model's actions."""
+    from MedSAMAgentLib import cli
+    from MedSAMAgentLib.manifest import BUNDLED_DATA
+
+    cases = [bundled[c] for c in EVAL_CASES]
+    loopback.script = [call("add_bbox", bbox_2d=_box_around(c.ground_truth, Letterbox(256, 256))) for c in cases]
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--manifest", str(BUNDLED_DATA / "manifest.jsonl"), "--protocol", "agent",
+                     "--policy", "mllm", "--endpoint", loopback.url, "--model-name",
+                     "MedSAM-Agent-Qwen3-VL-8B-MedSAM2", "--limit", "2", "--max-steps", "1", "--no-progress",
+                     "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "trained with MedSAM2" in printed and "--tool medsam2" in printed  # which tool, shown to the user
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy"] == "mllm" and summary["overall"]["n"] == 2
+    assert summary["overall"]["mean_agent_actions"] == 1.0 and summary["overall"]["acceptance_rate"] == 1.0
+    episodes = read_episodes(out / "trajectories.jsonl")
+    assert [e.header["meta"]["case_id"] for e in episodes] == list(EVAL_CASES)
+    rows = {r["id"]: r for r in csv_rows(out / "cases.csv")}
+    for episode, case in zip(episodes, cases):
+        [step] = episode.steps
+        assert step.decision == "accept" and step.record["proposal"]["raw_text"].count("add_bbox") == 1
+        assert episode.end["status"] == "limit" and episode.end["dice"] > 0.8
+        assert episode.end["dice"] == pytest.approx(rows[case.case.id]["final_dice"], abs=1e-4)
+    assert len(loopback.requests) == 2 and not loopback.script
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return [{k: (float(v) if k.startswith("final") else v) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def test_gpu_evaluation_script_runs_against_an_endpoint(bundled, loopback, tmp_path):
+    """scripts/run_mllm_eval.sh (the README's script for a machine with the real checkpoint) end to end, with
+    the loopback server standing in for vLLM: it runs the agent protocol and reports Dice and actions."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    case = bundled[EVAL_CASES[0]]  # its box alone reaches IoU 0.9: the simulated clinician accepts the stop
+    loopback.script = [call("add_bbox", bbox_2d=_box_around(case.ground_truth, Letterbox(256, 256))),
+                       call("stop_action")]
+    env = dict(os.environ, ENDPOINT=loopback.url, MODEL_NAME="MedSAM-Agent-Qwen3-VL-8B-IMISNet", TOOL="litemedsam",
+               MANIFEST=str(root / "MedSAMAgentLib" / "data" / "manifest.jsonl"), OUT=str(tmp_path / "run"),
+               PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(root / "scripts" / "run_mllm_eval.sh"), "--limit", "1", "--no-progress"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    dice = summary["overall"]["final_dice"]
+    assert f"mean Dice {dice:.4f}" in result.stdout
+    assert "box/point actions per episode 1.00 (stop not counted)" in result.stdout
+    assert "episodes ended by the model's stop 1" in result.stdout
+
+
 def test_endpoint_override_shows_the_applied_action_and_unparsable_answers_pause(bundled, litemedsam, loopback):
     case = bundled[NON_SQUARE_CASE]
     letterbox = Letterbox(*case.image.shape[:2])

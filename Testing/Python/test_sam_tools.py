@@ -9,6 +9,7 @@ coordinates on a non-square image, one embedding per slice, and the error messag
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -439,24 +440,22 @@ def vit_b_file(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_full_size_vit_b_state_dict_is_recognised_and_runs(vit_b_file, bundled):
+def test_full_size_vit_b_state_dict_is_recognised(vit_b_file):
     tool = registry.make_tool("sam", checkpoint=str(vit_b_file), device="cpu")
     assert tool.arch.name == "vit_b" and tool.version.startswith("sam-vit_b:")
-    case = bundled[NON_SQUARE_CASE]
-    tool.set_image(case.image)
-    first = tool.predict([gt_box(case.ground_truth)], None)
-    second = tool.predict([gt_box(case.ground_truth), Point(100, 90, True)], first)
-    assert second.mask.shape == case.ground_truth.shape and second.logits.shape == (1, 256, 256)
 
 
 @pytest.mark.slow
-def test_evaluate_command_runs_with_sam_checkpoint(vit_b_file, tmp_path):
-    evaluate = pytest.importorskip("MedSAMAgentLib.commands.evaluate")  # being written alongside
+def test_evaluate_command_runs_with_sam_checkpoint(vit_b_file, tmp_path, capsys):
     from MedSAMAgentLib import cli
 
-    if "MedSAMAgentLib.commands.evaluate" not in cli.COMMAND_MODULES:
-        pytest.skip("the evaluate command is not wired into the CLI yet")
-    code = cli.main(["evaluate", "--protocol", "clicks", "--tool", "sam", "--checkpoint", str(vit_b_file),
-                     "--limit", "1", "--out", str(tmp_path / "eval")])
-    assert code == 0, evaluate
-    assert any((tmp_path / "eval").rglob("*"))
+    manifest = Path(cli.__file__).parent / "data" / "manifest.jsonl"  # the bundled cases
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--manifest", str(manifest), "--protocol", "clicks", "--tool", "sam",
+                     "--checkpoint", str(vit_b_file), "--limit", "1", "--interactions", "4", "--no-progress",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tool"] == "sam" and summary["overall"]["n"] == 1
+    assert len(summary["overall"]["dice_at"]) == 4
+    assert (out / "cases.csv").is_file()

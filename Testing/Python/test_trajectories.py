@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +283,27 @@ def test_full_shared_data_run(tmp_path):
     assert report.count("failed") == 0, report.summary()
     assert export_llamafactory([out / "logs"], out / "sft").samples == report.episodes
     assert export_verl([out / "logs"], out / "rl").samples == len(report.results)
+
+
+def test_worker_processes_give_the_same_files(tmp_path):
+    """--workers N: each process builds its own tool; the files do not depend on N. (The serial run builds
+    its own tool too, as the command does: the shared test tool's caches hold outputs computed at another
+    torch thread count, which differ in the last bits.)"""
+    cases = [CASE, "medscribble/HipXRay/image_054_axis0_midslice"]
+    parallel = generate(MANIFEST, tmp_path / "parallel", CHEAP, workers=2, progress=False, cases=cases)
+    assert [r.status for r in parallel.results] == ["done", "done"], parallel.summary()
+    generate(MANIFEST, tmp_path / "serial", CHEAP, workers=1, progress=False, cases=cases)
+    for case in cases:
+        assert list(comparable_records(log_path(tmp_path / "parallel", case))) == \
+            list(comparable_records(log_path(tmp_path / "serial", case)))
+
+
+def test_min_iou_drops_weak_expert_episodes(generated, episodes, tmp_path):
+    from MedSAMAgentLib.metrics import iou
+
+    finals = [iou(e.final_mask, np.asarray(Image.open(log_path(generated, CASE).parent /
+                                                      e.header["meta"]["mask_path"])) > 0) for e in episodes]
+    threshold = (min(finals) + max(finals)) / 2 if min(finals) < max(finals) else max(finals) + 0.01
+    report = export_llamafactory([generated / "logs"], tmp_path / "sft", min_iou=threshold)
+    assert report.samples == sum(f >= threshold for f in finals)
+    assert report.skipped == {f"episodes ending below IoU {threshold:g}": sum(f < threshold for f in finals)}
