@@ -1,17 +1,27 @@
 """Click refinement for box-trained tools (LiteMedSAM): the tool's logits are the prior, each click a local,
-edge-aware correction of them. Chosen by measurement on ../shared/data (Testing/benchmarks/bench_clicks.py;
-the figures are in the README): LiteMedSAM's own decoder gets worse with clicks, because it never saw them.
+edge-aware correction of them. Chosen by measurement on ../shared/data (``medsam-agent evaluate --protocol
+clicks`` and Testing/benchmarks/bench_clicks.py; the figures are in the README): LiteMedSAM's own decoder gets
+worse with clicks, because it never saw them.
 
 Why this works: LiteMedSAM's logit landscape follows the object's shape well but its zero level is often in
-the wrong place (it under-segments most targets; the best threshold per image is usually -1 to -8). A click
-says "the logit here is on the wrong side". Each click, in order, adds a bump to the logit field:
+the wrong place. A click says "the logit here is on the wrong side". Each click, in order, adds a bump to the
+logit field:
 
-    L(x) += s * A * exp(-D(x)^2 / (2 r^2)),    A = max(0, margin - s * L(click)),  s = +1 / -1
+    L(x) += s * A * w(x) * exp(-D(x)^2 / (2 r^2)),    A = max(0, margin - s * L(click)),  s = +1 / -1
 
 - ``D`` is the geodesic distance from the click over a cost that grows with the image gradient and with the
   intensity difference to the clicked pixel, so the bump spreads over similar tissue and stops at edges;
+- ``w`` is the pointwise likeness to the clicked intensity, ``exp(-0.5 (|I - I(click)| / similarity)^2)``:
+  the geodesic cost stops a bump at a barrier, but a thin bright vessel inside a dark region it sweeps over
+  costs one pixel's step; ``w`` keeps such pixels as they were;
 - ``r`` is ``reach`` box sizes (the box's geometric mean side), shrunk by ``sqrt(big_shift / A)`` when the
-  shift is larger than ``big_shift`` (a click that must overrule a confident model acts more locally).
+  shift is larger than ``big_shift`` (a click that must overrule a confident model acts more locally);
+- the bump stops where an earlier click of the other sign is geodesically nearer: two clicks of opposite
+  signs split the ground between them instead of undoing each other;
+- negative clicks act with a lighter hand than positive ones (LiteMedSAM under-segments, so its weakly
+  positive pixels next to a false protrusion are mostly true): a smaller ``negative_margin``, and a reach of
+  at most ``negative_depth`` times the click's depth in the false region (its distance to the mask's edge),
+  so a click in a thin false rim does not take away the true region behind it.
 
 A click that must overrule a very confident model (shift >= ``structural_shift``: the cavity inside a ring,
 a whole cell region) is a structural error rather than a boundary one: the pixels of the wrong side that are
@@ -42,16 +52,21 @@ from .tools.base import Prediction
 class RefinementSettings:
     """Every parameter of the method, in one place (values chosen on the shared 2D set; see the README)."""
 
-    margin: float = 1.0  # logit a click leaves at its own pixel, on the clicked side
+    margin: float = 2.0  # logit a positive click leaves at its own pixel
+    negative_margin: float = 1.0  # ... and a negative click (on its side: -1)
     reach: float = 0.6  # geodesic reach of a click's shift (Gaussian sigma), in box sizes
+    negative_depth: float = 8.0  # a negative click reaches at most this times its depth in the false region
+    negative_depth_offset: float = 2.0  # ... plus this many pixels
     big_shift: float = 6.0  # shifts larger than this act more locally: reach * sqrt(big_shift / A)
     edge_weight: float = 1.0  # geodesic cost per unit of image gradient (gradient / its mean in the box)
-    intensity_weight: float = 4.0  # cost per unit of |I - I(click)| (intensity / its std in the box)
+    intensity_weight: float = 4.0  # cost per unit of |I - I(click)| (intensity / its std in the box, summed
+    # over the channels)
+    similarity: float = 3.75  # the bump's pointwise weight: exp(-0.5 (|I - I(click)| / this)^2) (3 channels)
     feature_blur: float = 1.0  # Gaussian sigma (pixels) of the image before gradients and intensities
-    click_patch: int = 2  # the clicked intensity is the mean of a (2k+1)^2 patch
+    click_patch: int = 1  # the clicked intensity is the mean of a (2k+1)^2 patch
     window: float = 3.0  # the shift is computed within this many reaches of the click (it is ~0 beyond)
     structural_shift: float = 9.0  # clicks needing at least this shift also flip their similar region
-    region_growth: float = 3.0  # that region's geodesic radius: this times the click's distance to its side
+    region_growth: float = 4.0  # that region's geodesic radius: this times the click's distance to its side
     region_offset: float = 1.0  # ... plus this many pixels,
     region_max: float = 1.0  # ... and at most this many box sizes
     logit_clip: float = 16.0  # logits are kept within +-this (float32 sigmoid saturates beyond)
@@ -100,53 +115,63 @@ def geodesic_distance(cost: np.ndarray, starts) -> np.ndarray:
 def apply_click(logits: np.ndarray, click: Point, features: _Features,
                 settings: RefinementSettings = DEFAULT_SETTINGS, earlier: Sequence[Point] = ()) -> np.ndarray:
     """One click's correction of the logit field (a new array; ``logits`` is left as it is). ``earlier`` are the
-    clicks before it, whose sides a structural edit must not take over."""
+    clicks before it: ground geodesically nearer to one of the other sign is left to it."""
     out = logits.copy()
     h, w = out.shape
     y = int(np.clip(round(click.y), 0, h - 1))
     x = int(np.clip(round(click.x), 0, w - 1))
     sign = 1.0 if click.positive else -1.0
-    shift = settings.margin - sign * float(out[y, x])
+    margin = settings.margin if click.positive else settings.negative_margin
+    shift = margin - sign * float(out[y, x])
     if shift <= 0:  # already on the clicked side with the margin
         return out
-    reach = settings.reach * features.scale * np.sqrt(settings.big_shift / max(shift, settings.big_shift))
-    reach = max(reach, 1.0)
-    radius = settings.window * reach
     structural = shift >= settings.structural_shift
-    if structural:
+    if structural or not click.positive:  # the click's depth in the wrong region: its distance to its side
         side = (out > 0) == click.positive
         to_side = float(ndimage.distance_transform_edt(~side)[y, x]) if side.any() else features.scale
+    reach = settings.reach * features.scale * np.sqrt(settings.big_shift / max(shift, settings.big_shift))
+    if not click.positive:
+        reach = min(reach, settings.negative_depth * to_side + settings.negative_depth_offset)
+    reach = max(reach, 1.0)
+    radius = settings.window * reach
+    if structural:
         grow = min(settings.region_growth * to_side + settings.region_offset, settings.region_max * features.scale)
         grow = max(grow, 1.0)
         radius = max(radius, grow)
     r = int(np.ceil(radius)) + 1
     y0, y1, x0, x1 = max(0, y - r), min(h, y + r + 1), max(0, x - r), min(w, x + r + 1)
-    cost = _cost(features, (y0, y1, x0, x1), (y, x), settings)
+    difference = _difference(features, (y0, y1, x0, x1), (y, x), settings)
+    cost = 1.0 + settings.edge_weight * features.gradient[y0:y1, x0:x1] + settings.intensity_weight * difference
     distance = geodesic_distance(cost, (y - y0, x - x0))
+    bump = np.exp(-0.5 * (distance / reach) ** 2) * np.exp(-0.5 * (difference / settings.similarity) ** 2)
+    opposite = [(int(round(p.y)) - y0, int(round(p.x)) - x0) for p in earlier
+                if p.positive != click.positive and y0 <= round(p.y) < y1 and x0 <= round(p.x) < x1]
+    nearer_opposite = distance >= geodesic_distance(cost, opposite) if opposite else None
+    if nearer_opposite is not None:
+        bump[nearer_opposite] = 0.0
     window = out[y0:y1, x0:x1]
-    window += sign * shift * np.exp(-0.5 * (distance / reach) ** 2)
+    window += sign * shift * bump
     if structural:
         region = distance < grow
-        opposite = [(int(round(p.y)) - y0, int(round(p.x)) - x0) for p in earlier
-                    if p.positive != click.positive and y0 <= round(p.y) < y1 and x0 <= round(p.x) < x1]
-        if opposite:
-            region &= distance < geodesic_distance(cost, opposite)
-        window[region] = sign * np.maximum(sign * window[region], settings.margin)
-    out[y, x] = sign * max(sign * out[y, x], settings.margin)  # exact at the click, whatever the rounding
+        if nearer_opposite is not None:
+            region &= ~nearer_opposite
+        window[region] = sign * np.maximum(sign * window[region], margin)
+    out[y, x] = sign * max(sign * out[y, x], margin)  # exact at the click, whatever the rounding
     np.clip(out, -settings.logit_clip, settings.logit_clip, out=out)
     return out
 
 
-def _cost(features: _Features, window: tuple[int, int, int, int], at: tuple[int, int],
-          settings: RefinementSettings) -> np.ndarray:
-    """Geodesic step cost in ``window``: 1 + edge term + difference to the clicked patch's intensity."""
+def _difference(features: _Features, window: tuple[int, int, int, int], at: tuple[int, int],
+                settings: RefinementSettings) -> np.ndarray:
+    """|I - I(click)| in ``window``, summed over channels (the engine's images are grey or colour RGB), in
+    units of the box's intensity spread; the clicked intensity is the mean of a small patch, so one noisy pixel
+    does not decide it."""
     y0, y1, x0, x1 = window
     y, x = at
     k = settings.click_patch
     clicked = features.intensity[max(0, y - k) : y + k + 1, max(0, x - k) : x + k + 1]
     clicked = clicked.reshape(-1, clicked.shape[-1]).mean(0)
-    return (1.0 + settings.edge_weight * features.gradient[y0:y1, x0:x1]
-            + settings.intensity_weight * np.abs(features.intensity[y0:y1, x0:x1] - clicked).sum(-1))
+    return np.abs(features.intensity[y0:y1, x0:x1] - clicked).sum(-1)
 
 
 class ClickRefiner:

@@ -7,8 +7,9 @@ of growing size around the click with the tool and outlines the mask the tool is
 - uncertainty: the largest region where the tool is unsure (probability near 0.5, or where its candidate
   masks disagree) -> a click on its deepest point that changes the tool's call there (the reviewer flips it if
   the tool was right);
-and proposes stop when the tool is confident and none of these signals is left. It never proposes the same
-click twice in an episode.
+and proposes stop when the tool is confident and none of these signals is left. It never proposes a click
+next to an earlier one of the episode (within ``near_click`` of the image's longer side): where a click did
+not settle a region, another one on the same spot will not either, so it goes to the next region.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class BuiltinSettings:
     # half-sides (pixels at 256 px image size, scaled with the image) of the boxes tried around a click
     search_sizes: tuple[int, ...] = (6, 10, 16, 24, 36, 52, 76, 110)
     score_tie: float = 0.02  # tool scores this close count as a tie (the larger box wins)
+    near_click: float = 0.02  # a click closer than this fraction of the longer side to an earlier one is "tried"
 
 
 def _largest_component(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -58,6 +60,7 @@ class BuiltinPolicy:
     def __init__(self, settings: Optional[BuiltinSettings] = None):
         self.settings = settings or BuiltinSettings()
         self._tried: set[tuple[int, int]] = set()
+        self._near = 2.0  # pixels; set from the image size on each proposal
 
     def reset(self) -> None:
         self._tried = set()
@@ -72,6 +75,7 @@ class BuiltinPolicy:
             if isinstance(action, Point):
                 self._tried.add((int(round(action.x)), int(round(action.y))))
         mask = prediction.mask
+        self._near = max(2.0, self.settings.near_click * max(mask.shape))
         if not any(isinstance(a, Box) for a in observation.actions):
             box = self._box_from_click(mask, observation)
             if box is not None:
@@ -117,7 +121,7 @@ class BuiltinPolicy:
         )
 
     def _new(self, x: int, y: int) -> bool:
-        return (x, y) not in self._tried
+        return all((x - tx) ** 2 + (y - ty) ** 2 >= self._near ** 2 for tx, ty in self._tried)
 
     def _fragment(self, mask: np.ndarray) -> Optional[Proposal]:
         labels, largest = _largest_component(mask)
@@ -154,18 +158,20 @@ class BuiltinPolicy:
             unsure |= np.abs(prediction.probability - 0.5) < s.unsure_band
         for candidate in prediction.candidates:
             unsure |= candidate != mask
-        labels, largest = _largest_component(unsure)
-        if largest == 0:
+        labels, count = ndimage.label(unsure)
+        if count == 0:
             return None
-        region = labels == largest
-        if region.sum() < max(s.min_region, s.unsure_fraction * mask.sum()):
-            return None
-        x, y = _deepest_point(region)
-        if not self._new(x, y):
-            return None
-        # Without ground truth the sign is a guess: propose the change (include what the tool left out, exclude
-        # what it took in) and let the reviewer flip it.
-        include = not mask[y, x]
-        what = "include" if include else "exclude"
-        return Proposal(Point(x, y, include),
-                        f"the tool is unsure about a {int(region.sum())} px region; {what} it", self.name)
+        sizes = ndimage.sum_labels(unsure, labels, index=np.arange(1, count + 1))
+        for index in np.argsort(-sizes):  # the largest unsure region not already clicked
+            if sizes[index] < max(s.min_region, s.unsure_fraction * mask.sum()):
+                return None
+            x, y = _deepest_point(labels == index + 1)
+            if not self._new(x, y):
+                continue
+            # Without ground truth the sign is a guess: propose the change (include what the tool left out,
+            # exclude what it took in) and let the reviewer flip it.
+            include = not mask[y, x]
+            what = "include" if include else "exclude"
+            return Proposal(Point(x, y, include),
+                            f"the tool is unsure about a {int(sizes[index])} px region; {what} it", self.name)
+        return None

@@ -63,7 +63,7 @@ def test_click_protocol_summary(litemedsam, tasks, tmp_path):
 def test_agent_protocol_summary(litemedsam, tasks):
     from MedSAMAgentLib.registry import make_policy
 
-    results = evaluate_agent(tasks, litemedsam, lambda task: make_policy("builtin"), max_steps=3, progress=False)
+    results = evaluate_agent(tasks, litemedsam, lambda task: make_policy("builtin"), max_steps=5, progress=False)
     summary = summarize(results, "agent", litemedsam.name, "builtin")
     assert summary["policy"] == "builtin"
     for block in [summary["overall"], *summary["groups"].values()]:
@@ -73,7 +73,7 @@ def test_agent_protocol_summary(litemedsam, tasks):
         assert block["mean_clinician_actions"] >= 1  # the builtin policy starts from the clinician's hint
         assert block["acceptance_rate"] is None or 0.0 <= block["acceptance_rate"] <= 1.0
     for r in results:
-        assert r.agent_actions + r.clinician_actions == len(r.actions) <= 3
+        assert r.agent_actions + r.clinician_actions == len(r.actions) <= 5
         assert r.final_dice > 0.5  # a real mask of the target, not an empty one
 
 

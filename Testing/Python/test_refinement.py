@@ -48,7 +48,9 @@ def test_negative_click_removes_its_region_only():
     before, after = logits > 0, field > 0
     assert not after[24, 48]
     assert not np.any(after & ~before)  # a negative click only removes
-    assert after[20:28, 36:60].mean() < 0.1  # the false strip is gone
+    # the false strip is gone, but for its row touching the square, whose blurred intensity is half the
+    # square's: unlike the clicked background, it is left to the next click
+    assert after[20:27, 36:60].mean() < 0.1
     assert after[truth].all()  # the square is untouched
 
 
