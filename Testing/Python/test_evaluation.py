@@ -1,7 +1,8 @@
 """The evaluation runner and ``medsam-agent evaluate`` on bundled real cases (both protocols).
 
 The whole shared set is a benchmark (Testing/benchmarks/bench_clicks.py); ``test_shared_set_targets`` runs it
-only when MEDSAM_AGENT_FULL_EVAL=1 (a few minutes on 2 cores)."""
+and checks the click-refinement targets only when MEDSAM_AGENT_FULL_EVAL=1 (two minutes on 2 cores; CI sets
+it)."""
 
 from __future__ import annotations
 
