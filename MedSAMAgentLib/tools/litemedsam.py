@@ -23,7 +23,7 @@ INPUT_SIZE = 256  # LiteMedSAM's encoder input side
 LOW_RES = 256  # side of the decoder's low-resolution logits
 # LiteMedSAM under-segments from a box: its mask edge is calibrated to logit -1, not 0. Measured with the
 # ground-truth box on the 57 2D-evaluable cases of ../shared/data: mean Dice 0.670 at 0 -> 0.694 at -1 (-2
-# reaches 0.710 but costs the CT/MRI organs up to 0.01); no group loses more than 0.003. A box's full-resolution
+# reaches 0.710 but costs the CT liver group 0.012); no group loses more than 0.003. A box's full-resolution
 # logits are shifted by it, so 0 is the mask's edge downstream (masks, probabilities, click refinement).
 MASK_THRESHOLD = -1.0
 _CACHE_SIZE = 8  # embeddings kept, so flipping between a few slices costs nothing
