@@ -29,7 +29,7 @@ from .images import ImageLoadError
 from .manifest import Case, LoadedCase, load_case, read_manifest
 from .metrics import dice, iou, number_of_clicks
 from .tools.base import SegmentationTool
-from .trajectory import TrajectoryWriter
+from .trajectory import TrajectoryWriter, episode_images_folder
 
 CLICK_INTERACTIONS = 20  # the box plus 19 clicks (AGENT_PROTOCOL.md: NoC counts at most 20)
 AGENT_MAX_STEPS = 5  # the protocol's action limit
@@ -379,7 +379,7 @@ def _fresh_log(path: Path) -> TrajectoryWriter:
     import shutil
 
     path.unlink(missing_ok=True)
-    shutil.rmtree(path.with_name(path.name.removesuffix(".jsonl") + ".images"), ignore_errors=True)
+    shutil.rmtree(episode_images_folder(path), ignore_errors=True)
     return TrajectoryWriter(path)
 
 

@@ -221,10 +221,10 @@ class ClickRefiner:
             self._fields.popitem(last=False)
 
 
-def refine_with_clicks(refiner: ClickRefiner, image: np.ndarray, base: Prediction, full_logits: np.ndarray,
-                       box: Box, clicks: Sequence[Point], key: str = "") -> Prediction:
-    """The box's prediction corrected by ``clicks`` (all clicks since that box, oldest first)."""
+def refine_with_clicks(refiner: ClickRefiner, image: np.ndarray, logits: np.ndarray, score: float,
+                       full_logits: np.ndarray, box: Box, clicks: Sequence[Point], key: str = "") -> Prediction:
+    """The box's prediction corrected by ``clicks`` (all clicks since that box, oldest first); ``logits`` and
+    ``score`` are the box's low-resolution logits and confidence, kept as they are."""
     field = refiner.refine(image, full_logits, box, clicks, key)
-    mask = field > 0
-    return Prediction(mask=mask, logits=base.logits, score=base.score, candidates=[],
+    return Prediction(mask=field > 0, logits=logits, score=score, candidates=[],
                       probability=1.0 / (1.0 + np.exp(-field)))

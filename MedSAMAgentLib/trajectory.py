@@ -90,14 +90,19 @@ def _json_default(value: Any) -> Any:
 # Rule: an episode header's ``meta["image_path"]`` (relative to the log's folder, or absolute) names a .png or
 # .npy holding the exact HxWx3 uint8 2D image the engine worked on; exports rebuild the policy's images from
 # it. ``Session`` saves it next to the log by default; the generator points it at its ``images/`` folder.
+def episode_images_folder(log_path: str | os.PathLike) -> Path:
+    """``<log folder>/<log stem>.images``: where ``save_episode_image`` puts a log's images."""
+    log_path = Path(log_path)
+    stem = log_path.name.removesuffix(".partial").removesuffix(".jsonl")
+    return log_path.parent / f"{stem}.images"
+
+
 def save_episode_image(log_path: str | os.PathLike, name: str, image: np.ndarray) -> str:
     """Save ``image`` as ``<log folder>/<log stem>.images/<name>.png``; returns the path relative to the log's
     folder, for ``meta["image_path"]``."""
     from PIL import Image
 
-    log_path = Path(log_path)
-    stem = log_path.name.removesuffix(".partial").removesuffix(".jsonl")
-    folder = log_path.parent / f"{stem}.images"
+    folder = episode_images_folder(log_path)
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(image)).save(folder / f"{name}.png")
     return f"{folder.name}/{name}.png"

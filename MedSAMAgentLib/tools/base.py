@@ -25,7 +25,8 @@ class Prediction:
     """One tool output at the image's own resolution.
 
     ``logits`` are the low-resolution mask logits (1 x 256 x 256 for the SAM family at 1024 input; 1 x 128 x
-    128 for SAM2 at 512) that the next step passes back as the mask input; ``score`` is the tool's confidence in [0, 1] (predicted IoU where the model has one);
+    128 for SAM2 at 512) that the next step passes back as the mask input; ``score`` is the tool's confidence
+    in [0, 1] (predicted IoU where the model has one);
     ``candidates`` are the other multimask outputs (bool, image resolution), for policies that read them.
     """
 

@@ -194,17 +194,13 @@ class LiteMedSAM:
         full_logits = self.upsample(logits[0])
         if box_index is not None:  # calibrated for box prompts, where it was measured
             full_logits -= MASK_THRESHOLD
-        base = Prediction(
-            mask=full_logits > 0,
-            logits=logits[:1].astype(np.float32),
-            score=float(np.clip(scores[0], 0.0, 1.0)),
-            probability=1.0 / (1.0 + np.exp(-full_logits)),
-        )
+        logits, score = logits[:1].astype(np.float32), float(np.clip(scores[0], 0.0, 1.0))
         if clicks and box_index is not None:
             from ..refinement import ClickRefiner, refine_with_clicks
 
             if self._refiner is None:
                 self._refiner = ClickRefiner()
-            return refine_with_clicks(self._refiner, self._image, base, full_logits, prompts[box_index], clicks,
-                                      key=self._key)
-        return base
+            return refine_with_clicks(self._refiner, self._image, logits, score, full_logits, prompts[box_index],
+                                      clicks, key=self._key)
+        return Prediction(mask=full_logits > 0, logits=logits, score=score,
+                          probability=1.0 / (1.0 + np.exp(-full_logits)))
