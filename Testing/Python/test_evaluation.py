@@ -1,8 +1,8 @@
 """The evaluation runner and ``medsam-agent evaluate`` on bundled real cases (both protocols).
 
 The whole shared set is a benchmark (Testing/benchmarks/bench_clicks.py); ``test_shared_set_targets`` runs it
-and checks the click-refinement targets only when MEDSAM_AGENT_FULL_EVAL=1 (two minutes on 2 cores; CI sets
-it)."""
+on the collections the click-refinement targets were set on and checks them, only when MEDSAM_AGENT_FULL_EVAL=1
+(a few minutes on 2 cores; CI sets it)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from MedSAMAgentLib.evaluation import (
 )
 from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA, bundled_manifest
 
+# The collections the click-refinement targets were set on (issue 3); later additions are reported, not gated.
+TARGET_COLLECTIONS = ("medscribble", "sam-med2d", "volumes")
 CASES = ("medscribble/HipXRay/image_054_axis0_midslice", "sam-med2d/amos_0006_90_spleen_000")
 
 
@@ -111,8 +113,18 @@ def test_evaluate_command_rejects_a_policy_for_clicks(tmp_path, capsys):
 @pytest.mark.skipif(os.environ.get("MEDSAM_AGENT_FULL_EVAL") != "1" or not (SHARED_DATA / "manifest.jsonl").exists(),
                     reason="the full shared-set run takes minutes: set MEDSAM_AGENT_FULL_EVAL=1")
 def test_shared_set_targets(litemedsam, tmp_path):
-    summary = evaluate_manifest(SHARED_DATA / "manifest.jsonl", "clicks", tmp_path, tool=litemedsam,
-                                progress=False)
+    """The click-refinement targets, on the collections they were set on (the 59 original rows). The rows
+    added to ../shared/data later (COVID, DRIVE, volumes3d) are not under these targets until new ones land
+    for them; `medsam-agent evaluate` on the whole manifest reports them."""
+    manifest = tmp_path / "targets.jsonl"
+    with open(SHARED_DATA / "manifest.jsonl", encoding="utf-8") as source, open(manifest, "w") as scoped:
+        for line in source:
+            row = json.loads(line) if line.strip() else None
+            if row and row["id"].split("/", 1)[0] in TARGET_COLLECTIONS:
+                row.update(image=str(SHARED_DATA / row["image"]), mask=str(SHARED_DATA / row["mask"]))
+                scoped.write(json.dumps(row) + "\n")
+    summary = evaluate_manifest(manifest, "clicks", tmp_path, tool=litemedsam, progress=False)
+    assert summary["overall"]["n"] >= 57
     overall = summary["overall"]
     assert overall["dice_at"][5] >= 0.80
     assert overall["noc85"] <= 8 and overall["noc90"] <= 10
