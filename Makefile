@@ -1,11 +1,12 @@
-# The two commands of the README: `make demo` (install + run the demo) and `make test` (install + run the tests).
+# The three commands of the README: `make demo` (install + run the demo), `make app` (install + start the browser
+# demo on 127.0.0.1:7860) and `make test` (install + run the tests).
 # Everything installs into .venv from pinned versions (requirements/constraints.txt); nothing else is downloaded.
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip install -q -c requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo app test install clean
 
 install: $(STAMP)
 
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/medsam-agent demo --out out/demo
+
+app: $(STAMP)
+	$(VENV)/bin/medsam-agent app --out out/app
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

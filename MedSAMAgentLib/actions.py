@@ -7,6 +7,7 @@ in ``toolcall``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -22,6 +23,7 @@ class Box:
     kind: Literal["box"] = "box"
 
     def __post_init__(self) -> None:
+        _check_finite("box", self.x1, self.y1, self.x2, self.y2)
         x1, x2 = sorted((float(self.x1), float(self.x2)))
         y1, y2 = sorted((float(self.y1), float(self.y2)))
         object.__setattr__(self, "x1", x1)
@@ -42,6 +44,9 @@ class Point:
     positive: bool
     kind: Literal["point"] = "point"
 
+    def __post_init__(self) -> None:
+        _check_finite("point", self.x, self.y)
+
     @property
     def label(self) -> str:
         return "positive" if self.positive else "negative"
@@ -58,6 +63,16 @@ class Stop:
 
 
 Action = Union[Box, Point, Stop]
+
+
+def _check_finite(kind: str, *values: float) -> None:
+    """Every action is checked once, where it is made: coordinates must be finite numbers."""
+    try:
+        ok = all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"a {kind} needs finite pixel coordinates, got {', '.join(map(repr, values))}")
 
 
 def describe(action: Action) -> str:

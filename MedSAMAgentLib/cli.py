@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+import warnings
 from typing import Optional, Sequence
 
 from . import __version__
@@ -17,6 +20,7 @@ COMMAND_MODULES = (
     "MedSAMAgentLib.commands.segment",
     "MedSAMAgentLib.commands.trajectories",
     "MedSAMAgentLib.commands.evaluate",
+    "MedSAMAgentLib.commands.app",
 )
 
 
@@ -31,13 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .tools.runtime import quiet_threads
+
+    quiet_threads()  # before any command module imports torch (OpenMP reads it once, at load)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            with _sigterm_as_interrupt():
+                _check_arguments(args)
+                return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("medsam-agent: interrupted", file=sys.stderr)
         return 130
@@ -47,6 +58,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = str(error) or type(error).__name__
         print(f"medsam-agent {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Checks that need two options together, done before any work: --tool-option keys against --tool."""
+    if getattr(args, "tool_option", None):
+        from .registry import check_tool_options, parse_tool_options
+
+        check_tool_options(args.tool, parse_tool_options(args.tool_option))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each (e.g. repaired NaN pixels, skipped log lines), without source excerpts."""
+    print(f"medsam-agent: warning: {message}", file=sys.stderr, flush=True)
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM handled like Ctrl-C, so a stopped run cleans up (partial summary, released lock) the same way."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from .images import ImageLoadError
 from .manifest import Case, LoadedCase, load_case, read_manifest
 from .metrics import dice, iou, number_of_clicks
 from .tools.base import SegmentationTool
-from .trajectory import TrajectoryWriter, episode_images_folder
+from .outputs import OutputLock, atomic_path, write_text_atomic
+from .trajectory import TrajectoryWriter, prune_episode_images
 
 CLICK_INTERACTIONS = 20  # the box plus 19 clicks (AGENT_PROTOCOL.md: NoC counts at most 20)
 AGENT_MAX_STEPS = 5  # the protocol's action limit
@@ -39,6 +41,16 @@ WORST_CASES_SHOWN = 6
 @dataclass
 class Skipped:
     id: str
+    reason: str
+
+
+@dataclass
+class Failed:
+    """A case whose episode did not run (policy server down, unusable model output, a tool error): an error of
+    the run, listed and counted, never scored."""
+
+    id: str
+    group: str
     reason: str
 
 
@@ -81,6 +93,7 @@ class AgentResult:
     status: str
     actions: list[Action]
     final_mask: np.ndarray = field(repr=False, default=None)
+    reason: str = ""  # why a paused episode paused
 
 
 # -- cases ----------------------------------------------------------------------------------------------------
@@ -142,9 +155,25 @@ def run_clicks(task: LoadedCase, tool: SegmentationTool, interactions: int = CLI
                        prediction.mask.copy())
 
 
+def _guarded(task: LoadedCase, run: Callable[[], Any]):
+    """``run()``, or a ``Failed`` record when the case could not be run (a tool or policy error)."""
+    from .policies.base import PolicyError
+    from .tools.base import ToolError
+
+    try:
+        return run()
+    except (ToolError, PolicyError, ImageLoadError) as error:
+        return Failed(task.case.id, task.case.group, str(error) or type(error).__name__)
+
+
 def evaluate_clicks(tasks: Sequence[LoadedCase], tool: SegmentationTool, interactions: int = CLICK_INTERACTIONS,
-                    progress: bool = True) -> list[ClickResult]:
-    return [run_clicks(task, tool, interactions) for task in _progress(tasks, "clicks", progress)]
+                    progress: bool = True, results: Optional[list] = None) -> list:
+    """Each case's ``ClickResult`` (or ``Failed``), appended to ``results`` as it finishes (so an
+    interrupted run keeps the finished ones)."""
+    results = [] if results is None else results
+    for task in _progress(tasks, "clicks", progress):
+        results.append(_guarded(task, lambda: run_clicks(task, tool, interactions)))
+    return results
 
 
 def summarize_clicks(results: Sequence[ClickResult]) -> dict[str, Any]:
@@ -185,21 +214,35 @@ def run_agent(task: LoadedCase, tool: SegmentationTool, policy, max_steps: int =
                       log=log, meta=meta)
     if getattr(policy, "needs_hint", False):
         session.place(reviewer.hint(), hint=True)
-    status = session.run(reviewer)
+    try:
+        status = session.run(reviewer)
+    except KeyboardInterrupt:
+        session.finish(accepted=False, status="interrupted")
+        raise
     session.finish(accepted=False, status=status)
     reviewed = [s for s in session.steps if s.proposal is not None]
     return AgentResult(
         task.case.id, task.case.group, gt.shape, dice(session.mask, gt), iou(session.mask, gt),
         session.agent_actions, session.clinician_actions, len(reviewed),
         sum(1 for s in reviewed if s.decision == "accept"), status, list(session.actions), session.mask.copy(),
+        reason=session.pause_reason if status == "paused" else "",
     )
 
 
 def evaluate_agent(tasks: Sequence[LoadedCase], tool: SegmentationTool, policy_factory: PolicyFactory,
                    max_steps: int = AGENT_MAX_STEPS, progress: bool = True,
-                   log: Optional[TrajectoryWriter] = None, manifest: Optional[str | Path] = None) -> list[AgentResult]:
-    return [run_agent(task, tool, policy_factory(task), max_steps, log=log, manifest=manifest)
-            for task in _progress(tasks, "agent", progress)]
+                   log: Optional[TrajectoryWriter] = None, manifest: Optional[str | Path] = None,
+                   results: Optional[list] = None) -> list:
+    """Each case's ``AgentResult``, or ``Failed`` when its episode did not run: the policy paused (server
+    down, unusable answers) or a tool or policy error was raised. Appended to ``results`` as they finish."""
+    results = [] if results is None else results
+    for task in _progress(tasks, "agent", progress):
+        result = _guarded(task, lambda: run_agent(task, tool, policy_factory(task), max_steps, log=log,
+                                                  manifest=manifest))
+        if isinstance(result, AgentResult) and result.status == "paused":
+            result = Failed(result.id, result.group, f"the policy paused: {result.reason}")
+        results.append(result)
+    return results
 
 
 def summarize_agent(results: Sequence[AgentResult]) -> dict[str, Any]:
@@ -218,25 +261,36 @@ def summarize_agent(results: Sequence[AgentResult]) -> dict[str, Any]:
 
 # -- summary and report ---------------------------------------------------------------------------------------
 def summarize(results: Sequence, protocol: str, tool: str, policy: Optional[str] = None,
-              skipped: Sequence[Skipped] = ()) -> dict[str, Any]:
-    """``{"protocol", "tool", "policy", "overall", "groups", "skipped"}``, blocks as ``summarize_<protocol>``."""
+              skipped: Sequence[Skipped] = (), planned: Optional[int] = None) -> dict[str, Any]:
+    """``{"protocol", "tool", "policy", "overall", "groups", "skipped", "errors", "partial"}``, blocks as
+    ``summarize_<protocol>`` over the measured cases only; ``Failed`` results are listed under ``errors``.
+    ``partial`` is true when fewer than ``planned`` cases finished (an interrupted run)."""
     block = summarize_clicks if protocol == "clicks" else summarize_agent
+    measured = [r for r in results if not isinstance(r, Failed)]
+    failed = [r for r in results if isinstance(r, Failed)]
     groups: dict[str, list] = {}
-    for result in results:
+    for result in measured:
         groups.setdefault(result.group, []).append(result)
-    return {
+    summary = {
         "protocol": protocol,
         "tool": tool,
         "policy": policy,
-        "overall": block(results),
+        "overall": block(measured),
         "groups": {name: block(members) for name, members in sorted(groups.items())},
         "skipped": [{"id": s.id, "reason": s.reason} for s in skipped],
+        "errors": [{"id": f.id, "reason": f.reason} for f in failed],
+        "partial": planned is not None and len(results) < planned,
     }
+    if summary["partial"]:
+        summary["finished_cases"], summary["planned_cases"] = len(results), planned
+    return summary
 
 
 def _case_rows(results: Sequence) -> list[dict[str, Any]]:
     rows = []
     for r in results:
+        if isinstance(r, Failed):
+            continue
         row: dict[str, Any] = {"id": r.id, "group": r.group, "height": r.shape[0], "width": r.shape[1]}
         if isinstance(r, ClickResult):
             row.update(noc85=r.noc85, noc90=r.noc90, encode_ms=round(r.encode_ms, 1),
@@ -257,19 +311,22 @@ def write_report(out: str | Path, summary: dict[str, Any], results: Sequence,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "cases": out / "cases.csv"}
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    results = [r for r in results if not isinstance(r, Failed)]
     rows = _case_rows(results)
-    with paths["cases"].open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(paths["cases"]) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         if rows:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     if summary["protocol"] == "clicks" and results:
         paths["curves"] = out / "dice_vs_interactions.png"
-        plot_curves(summary, paths["curves"])
+        with atomic_path(paths["curves"]) as temporary:
+            plot_curves(summary, temporary)
     if tasks is not None and results:
         paths["worst"] = out / "worst_cases.png"
-        plot_worst(results, tasks, paths["worst"])
+        with atomic_path(paths["worst"]) as temporary:
+            plot_worst(results, tasks, temporary)
+    write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")  # last: it vouches for the rest
     return paths
 
 
@@ -344,42 +401,61 @@ def evaluate_manifest(manifest: str | Path, protocol: str, out: Optional[str | P
 
     if protocol not in ("clicks", "agent"):
         raise ValueError(f"unknown protocol {protocol!r}; choose clicks or agent")
-    tasks, skipped = load_cases(read_manifest(manifest), limit)
-    if not tasks:
-        raise ValueError(f"{manifest}: no evaluable 2D cases")
-    if tool is None:
-        tool = make_tool(tool_name, checkpoint=checkpoint)
-    if protocol == "clicks":
-        results = evaluate_clicks(tasks, tool, interactions, progress)
-    else:
-        if policy is None:
-            policy_name = policy_name or DEFAULT_POLICY
-            if policy_name != "oracle":
-                policy = make_policy(policy_name)
-        policy_name = policy.name if policy is not None else policy_name
-
-        def factory(task: LoadedCase):
-            return policy or make_policy("oracle", ground_truth=task.ground_truth, seed=0)
-
-        log = None if out is None else _fresh_log(Path(out) / "trajectories.jsonl")
+    lock = None if out is None else OutputLock(out, "evaluate").acquire()  # refuses a read-only or busy folder
+    try:
+        tasks, skipped = load_cases(read_manifest(manifest), limit)
+        if not tasks:
+            raise ValueError(f"{manifest}: no evaluable 2D cases")
+        if tool is None:
+            tool = make_tool(tool_name, checkpoint=checkpoint)
+        results: list = []
+        log_path = None if out is None else Path(out) / "trajectories.jsonl"
+        partial_log = None if log_path is None else log_path.with_name(log_path.name + ".partial")
+        interrupted = False
         try:
-            results = evaluate_agent(tasks, tool, factory, max_steps, progress, log=log, manifest=manifest)
-        finally:
-            if log is not None:
-                log.close()
-    summary = summarize(results, protocol, getattr(tool, "name", str(tool_name)), policy_name, skipped)
-    if out is not None:
-        write_report(out, summary, results, tasks)
-    return summary
+            if protocol == "clicks":
+                evaluate_clicks(tasks, tool, interactions, progress, results=results)
+            else:
+                if policy is None:
+                    policy_name = policy_name or DEFAULT_POLICY
+                    if policy_name != "oracle":
+                        policy = make_policy(policy_name)
+                policy_name = policy.name if policy is not None else policy_name
+
+                def factory(task: LoadedCase):
+                    return policy or make_policy("oracle", ground_truth=task.ground_truth, seed=0)
+
+                log = None if partial_log is None else _fresh_log(partial_log)
+                try:
+                    evaluate_agent(tasks, tool, factory, max_steps, progress, log=log, manifest=manifest,
+                                   results=results)
+                finally:
+                    if log is not None:
+                        log.close()
+        except KeyboardInterrupt:  # report what finished, marked partial, then stop as asked
+            interrupted = True
+        summary = summarize(results, protocol, getattr(tool, "name", str(tool_name)), policy_name, skipped,
+                            planned=len(tasks))
+        if out is not None:
+            if partial_log is not None and partial_log.exists():
+                os.replace(partial_log, log_path)  # this run's log replaces the earlier run's only now
+                prune_episode_images(log_path)
+            write_report(out, summary, results, tasks)
+        if interrupted:
+            if out is not None:
+                print(f"interrupted: partial summary of {len(results)} of {len(tasks)} cases written to "
+                      f"{Path(out) / 'summary.json'}", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _fresh_log(path: Path) -> TrajectoryWriter:
-    """A new log for this run (an earlier run's log and images in the same folder are replaced, so the log
-    always matches summary.json)."""
-    import shutil
-
-    path.unlink(missing_ok=True)
-    shutil.rmtree(episode_images_folder(path), ignore_errors=True)
+    """A new (partial) log for this run; the earlier run's log and images stay until this run has its own
+    (``prune_episode_images`` then drops the images no episode of the new log names)."""
+    path.unlink(missing_ok=True)  # only ever an interrupted run's unfinished log
     return TrajectoryWriter(path)
 
 
@@ -387,7 +463,9 @@ def format_table(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table, one line per group and the overall line last."""
     lines = []
     blocks = list(summary["groups"].items()) + [("overall", summary["overall"])]
-    if summary["protocol"] == "clicks":
+    if not summary["overall"]["n"]:
+        lines.append("no case was measured")
+    elif summary["protocol"] == "clicks":
         # dice_at[i]: mean Dice after i clicks (index 0 = the box alone)
         lines.append(f"{'group':28s} {'n':>3s} {'box':>6s} {'+1':>6s} {'+3':>6s} {'+5':>6s} {'last':>6s} "
                      f"{'NoC85':>6s} {'NoC90':>6s}")
@@ -407,4 +485,10 @@ def format_table(summary: dict[str, Any]) -> str:
                          f"{b['mean_agent_actions']:6.2f} {b['mean_clinician_actions']:6.2f} {rate:>7s}")
     if summary.get("skipped"):
         lines.append(f"skipped {len(summary['skipped'])}: " + ", ".join(s["id"] for s in summary["skipped"]))
+    errors = summary.get("errors") or []
+    if errors:
+        lines.append(f"ERRORS: {len(errors)} case(s) did not run and are not in the means above:")
+        lines += [f"  {e['id']}: {e['reason']}" for e in errors[:10]] + (["  ..."] if len(errors) > 10 else [])
+    if summary.get("partial"):
+        lines.append(f"PARTIAL: interrupted after {summary['finished_cases']} of {summary['planned_cases']} cases")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ order as Slicer's ``arrayFromVolume``; ``SliceMapping`` keeps the way back from 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,10 @@ class ImageLoadError(ValueError):
     """An image or mask could not be read or has the wrong shape; the message names the file."""
 
 
+class NonFiniteWarning(UserWarning):
+    """Some pixels were NaN or infinite and were repaired (``repair_non_finite``)."""
+
+
 @dataclass(frozen=True)
 class VolumeGeometry:
     """Spacing, origin and direction of a volume, in SimpleITK's (x, y, z) = (i, j, k) convention."""
@@ -38,6 +43,14 @@ class VolumeGeometry:
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
+
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 voxel (i, j, k) -> world RAS, as Slicer's ``GetIJKToRASMatrix`` (files are LPS; Slicer is RAS)."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = np.reshape(self.direction, (3, 3)) * np.asarray(self.spacing)
+        matrix[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix
 
 
 @dataclass(frozen=True)
@@ -71,26 +84,78 @@ def load_array(path: str | Path) -> tuple[np.ndarray, Optional[VolumeGeometry]]:
     if not path.exists():
         raise ImageLoadError(f"no such file: {path}")
     suffix = _suffix(path)
+    if suffix not in IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES:
+        raise ImageLoadError(f"unsupported file type {suffix!r} for {path}; use one of "
+                             f"{', '.join(IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES)}")
+    geometry = None
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
-        if suffix in IMAGE_2D_SUFFIXES:
+            with path.open("rb") as handle:
+                if handle.read(6) != b"\x93NUMPY":
+                    raise ImageLoadError(f"{path} is not a NumPy .npy file (no .npy header)")
+            array = np.load(path, allow_pickle=False)
+        elif suffix in IMAGE_2D_SUFFIXES:
             from PIL import Image
 
             with Image.open(path) as image:
-                return np.asarray(image), None
-        if suffix in VOLUME_SUFFIXES:
+                array = np.asarray(image)
+        else:
             import SimpleITK as sitk
 
             image = sitk.ReadImage(str(path))
             geometry = VolumeGeometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-            return sitk.GetArrayFromImage(image), geometry
+            array = sitk.GetArrayFromImage(image)
     except ImageLoadError:
         raise
     except Exception as error:  # the readers raise many types; name the file and the reason
-        raise ImageLoadError(f"cannot read {path}: {error}") from None
-    raise ImageLoadError(f"unsupported file type {suffix!r} for {path}; use one of "
-                         f"{', '.join(IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES)}")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "pickled" in reason:  # numpy's advice to allow pickles would run code from the file: never
+            reason = "it holds pickled Python objects, not a plain array (not loaded: unpickling can run code)"
+        raise ImageLoadError(f"cannot read {path}: {reason}") from None
+    return repair_non_finite(check_pixels(array, path), path), geometry
+
+
+def check_pixels(array: np.ndarray, source: object = "image") -> np.ndarray:
+    """The array if it holds pixels the engine can use (numbers, at least one); else ``ImageLoadError``."""
+    if array.dtype == bool:
+        return array
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageLoadError(f"{source}: pixels of type {array.dtype} are not intensities (expected integers "
+                             "or floats)")
+    if array.size == 0:
+        raise ImageLoadError(f"{source}: the image is empty (shape {array.shape})")
+    return array
+
+
+def repair_non_finite(array: np.ndarray, source: object = "image") -> np.ndarray:
+    """NaN and -inf -> the smallest finite value, +inf -> the largest, with a ``NonFiniteWarning`` naming
+    ``source`` and the counts (a few bad voxels must not blank the whole image's intensity scaling). An image
+    with no finite pixel at all raises ``ImageLoadError``."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        raise ImageLoadError(f"{source}: no pixel is a finite number (all NaN or infinite)")
+    values = array[finite]
+    low, high = values.min(), values.max()
+    nan, pos = int(np.isnan(array).sum()), int(np.isposinf(array).sum())
+    neg = int(array.size - finite.sum()) - nan - pos
+    warnings.warn(f"{source}: {array.size - int(finite.sum())} of {array.size} pixels are not finite "
+                  f"({nan} NaN, {pos} +inf, {neg} -inf); NaN and -inf set to the minimum {low:g}, +inf to the "
+                  f"maximum {high:g}", NonFiniteWarning, stacklevel=3)
+    repaired = np.where(np.isposinf(array), high, array)
+    return np.where(np.isnan(repaired) | np.isneginf(repaired), low, repaired).astype(array.dtype)
+
+
+def check_contrast(image: np.ndarray, source: object = "image") -> np.ndarray:
+    """The engine image if it is not constant; a constant image (all black, one value) has nothing to
+    segment, so it is refused with ``ImageLoadError`` rather than given a mask."""
+    if image.size and image.min() == image.max():
+        raise ImageLoadError(f"{source}: the image is constant (every pixel is {image.flat[0]}) after intensity "
+                             "scaling: nothing to segment")
+    return image
 
 
 def take_slice(volume: np.ndarray, axis: int, index: int) -> tuple[np.ndarray, SliceMapping]:
@@ -134,14 +199,26 @@ def percentile_normalise(image: np.ndarray, low: float = 0.5, high: float = 99.5
 
 
 def to_uint8(image: np.ndarray, modality: Optional[str] = None, window: Optional[str] = None) -> np.ndarray:
-    """Intensities -> uint8 by the protocol: uint8 kept, [0, 1] floats scaled, CT windowed, others percentiles."""
+    """Intensities -> uint8 by the protocol: uint8 kept, [0, 1] floats scaled, CT windowed, others percentiles.
+    Non-finite pixels are repaired first (``repair_non_finite``)."""
     if image.dtype == np.uint8:
         return image
+    image = repair_non_finite(check_pixels(image))
     if np.issubdtype(image.dtype, np.floating) and image.size and image.min() >= 0 and image.max() <= 1:
         return np.round(image * 255).astype(np.uint8)
     if (modality or "").upper() == "CT" or window is not None:
         return window_ct(image, window or DEFAULT_CT_WINDOW)
     return percentile_normalise(image)
+
+
+def normalise_volume(volume: np.ndarray, modality: Optional[str] = None,
+                     window: Optional[str | tuple[float, float]] = None) -> np.ndarray:
+    """A whole volume -> uint8 with ONE mapping for all slices (one CT window, or one percentile range of the
+    volume's non-zero voxels), so neighbouring slices look alike to the tool. The engine's volume session and
+    the Slicer panel both call this; slices are then ``to_rgb(normalised[k])``."""
+    if volume.ndim != 3:
+        raise ImageLoadError(f"expected a 3D volume, got shape {volume.shape}")
+    return to_uint8(volume, modality, window)
 
 
 def to_rgb(image: np.ndarray, modality: Optional[str] = None, window: Optional[str] = None) -> np.ndarray:
@@ -169,4 +246,19 @@ def load_image_2d(
         if slice_spec is None:
             raise ImageLoadError(f"{path} is a volume {array.shape}: say which slice (AXIS:INDEX)")
         array, mapping = take_slice(array, *slice_spec)
-    return to_rgb(array, modality, window), mapping
+    elif slice_spec is not None:
+        raise ImageLoadError(f"{path} is a 2D image {array.shape}: --slice applies to volumes only")
+    return check_contrast(to_rgb(array, modality, window), path), mapping
+
+
+def save_volume(array: np.ndarray, geometry: Optional[VolumeGeometry], path: str | Path) -> None:
+    """Write a (k, j, i) array (e.g. a mask) as NIfTI/NRRD with the source volume's spacing, origin and
+    direction, so it lies on that volume in Slicer and other viewers."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    if geometry is not None:
+        image.SetSpacing(geometry.spacing)
+        image.SetOrigin(geometry.origin)
+        image.SetDirection(geometry.direction)
+    sitk.WriteImage(image, str(path), useCompression=True)

@@ -7,13 +7,15 @@ benchmarks all read cases one way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .images import ImageLoadError, SliceMapping, largest_slice, load_array, take_slice, to_rgb
+from .images import (ImageLoadError, SliceMapping, check_contrast, largest_slice, load_array, take_slice,
+                     to_rgb)
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "data"
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -59,36 +61,72 @@ _KNOWN = {"id", "image", "mask", "dims", "target", "modality", "mask_threshold",
 
 
 def read_manifest(path: str | Path) -> list[Case]:
-    """Cases of a manifest file; image and mask paths are resolved relative to the manifest's folder."""
+    """Cases of a manifest file; image and mask paths are resolved relative to the manifest's folder. Every
+    field is checked (``_case_from_row``); a bad row raises ``ValueError`` naming the file, the line and the
+    field, before any case is run."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no manifest at {path}")
-    cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: the line is not UTF-8 text") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            cases.append(
-                Case(
-                    id=row["id"],
-                    image=path.parent / row["image"],
-                    mask=path.parent / row["mask"],
-                    dims=int(row.get("dims", 2)),
-                    target=row.get("target", ""),
-                    modality=row.get("modality", ""),
-                    mask_threshold=row.get("mask_threshold"),
-                    label=row.get("label"),
-                    slice=row.get("slice"),
-                    licence=row.get("licence", ""),
-                    source=row.get("source", ""),
-                    expert_label=bool(row.get("expert_label", True)),
-                    extra={k: v for k, v in row.items() if k not in _KNOWN},
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{number}: bad manifest row ({error})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not a JSON line ({error.msg})") from None
+        case = _case_from_row(row, path.parent, where)
+        if case.id in seen:
+            raise ValueError(f"{where}: id {case.id!r} repeats line {seen[case.id]}")
+        seen[case.id] = number
+        cases.append(case)
     return cases
+
+
+def _case_from_row(row: Any, folder: Path, where: str) -> Case:
+    """One manifest row as a ``Case``; any field of the wrong kind raises ``ValueError`` naming it."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a manifest row must be a JSON object, got {type(row).__name__}")
+
+    def bad(key: str, expected: str) -> ValueError:
+        return ValueError(f"{where}: {key!r} must be {expected}, got {row[key]!r}")
+
+    for key in ("id", "image", "mask"):
+        if key not in row:
+            raise ValueError(f"{where}: the row has no {key!r} (required: id, image, mask)")
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise bad(key, "a non-empty string")
+    for key in ("target", "modality", "licence", "source"):
+        if key in row and not isinstance(row[key], str):
+            raise bad(key, "a string")
+    dims = row.get("dims", 2)
+    if isinstance(dims, bool) or dims not in (2, 3):
+        raise bad("dims", "2 or 3")
+    threshold = row.get("mask_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise bad("mask_threshold", "a finite number or null")
+    for key, low in (("label", None), ("slice", 0)):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or (low is not None and value < low)):
+            raise bad(key, "a whole number" + (f" >= {low}" if low is not None else "") + " or null")
+    expert = row.get("expert_label", True)
+    if not isinstance(expert, bool):
+        raise bad("expert_label", "true or false")
+    return Case(
+        id=row["id"], image=folder / row["image"], mask=folder / row["mask"], dims=int(dims),
+        target=row.get("target", ""), modality=row.get("modality", ""), mask_threshold=threshold,
+        label=row.get("label"), slice=row.get("slice"), licence=row.get("licence", ""),
+        source=row.get("source", ""), expert_label=expert,
+        extra={k: v for k, v in row.items() if k not in _KNOWN},
+    )
 
 
 def bundled_manifest() -> list[Case]:
@@ -118,4 +156,5 @@ def load_case(case: Case) -> LoadedCase:
         index = case.slice if case.slice is not None else largest_slice(foreground, axis=0)
         image, mapping = take_slice(image, 0, index)
         foreground, _ = take_slice(foreground, 0, index)
-    return LoadedCase(case, to_rgb(image, case.modality), np.ascontiguousarray(foreground), mapping)
+    engine_image = check_contrast(to_rgb(image, case.modality), f"{case.id} ({case.image})")
+    return LoadedCase(case, engine_image, np.ascontiguousarray(foreground), mapping)

@@ -11,10 +11,10 @@ from typing import Any, Callable, Optional
 from .tools.base import SegmentationTool, ToolError
 
 
-def _litemedsam(checkpoint: Optional[str] = None, device: Optional[str] = None, **_: Any) -> SegmentationTool:
+def _litemedsam(checkpoint: Optional[str] = None, device: Optional[str] = None, **options: Any) -> SegmentationTool:
     from .tools.litemedsam import LiteMedSAM
 
-    return LiteMedSAM(checkpoint=checkpoint, device=device)
+    return _with_options(LiteMedSAM, checkpoint, device, options)
 
 
 def _sam(checkpoint: Optional[str] = None, device: Optional[str] = None, **options: Any) -> SegmentationTool:
@@ -42,16 +42,26 @@ def _medsam2(checkpoint: Optional[str] = None, device: Optional[str] = None, **o
 
 
 def _with_options(cls, checkpoint, device, options: dict) -> SegmentationTool:
-    """Build a SAM-family tool; an option it does not take is named in a ToolError, not a TypeError."""
+    """Build a tool; an option it does not take is named in a ToolError, not a TypeError."""
+    check_options(cls, options)
+    return cls(checkpoint=checkpoint, device=device, **options)
+
+
+def option_names(cls) -> set[str]:
+    """The ``--tool-option`` keys a tool class takes: its constructor's keywords besides checkpoint/device."""
     import inspect
 
-    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind in kinds and name not in ("self", "checkpoint", "device")}
+
+
+def check_options(cls, options: dict) -> None:
+    accepted = option_names(cls)
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ToolError(f"the {cls.name} tool has no option {', '.join(unknown)}; "
-                        f"it takes {', '.join(sorted(accepted))}")
-    return cls(checkpoint=checkpoint, device=device, **options)
+        takes = f"it takes {', '.join(sorted(accepted))}" if accepted else "it takes none"
+        raise ToolError(f"the {cls.name} tool has no option {', '.join(unknown)}; {takes}")
 
 
 TOOLS: dict[str, Callable[..., SegmentationTool]] = {
@@ -82,7 +92,28 @@ def make_tool(name: str = DEFAULT_TOOL, checkpoint: Optional[str] = None, device
         factory = TOOLS[name]
     except KeyError:
         raise ToolError(f"unknown tool {name!r}; choose one of {', '.join(sorted(TOOLS))}") from None
-    return factory(checkpoint=checkpoint, device=device, **options)
+    from .tools.guard import GuardedTool
+
+    return GuardedTool(factory(checkpoint=checkpoint, device=device, **options))
+
+
+TOOL_CLASSES = {  # module and class of each tool, for checking options before anything is loaded
+    "litemedsam": ("litemedsam", "LiteMedSAM"),
+    "sam": ("sam", "SAMTool"),
+    "medsam": ("sam", "MedSAMTool"),
+    "sam2": ("sam2_tool", "SAM2Tool"),
+    "medsam2": ("sam2_tool", "MedSAM2Tool"),
+}
+
+
+def check_tool_options(name: str, options: dict) -> None:
+    """``ToolError`` when ``options`` has a key the tool ``name`` does not take (no weights are loaded)."""
+    import importlib
+
+    if name not in TOOL_CLASSES:
+        raise ToolError(f"unknown tool {name!r}; choose one of {', '.join(sorted(TOOLS))}")
+    module, cls = TOOL_CLASSES[name]
+    check_options(getattr(importlib.import_module(f".tools.{module}", __package__), cls), options)
 
 
 def _builtin(**_: Any):

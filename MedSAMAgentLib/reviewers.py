@@ -52,3 +52,23 @@ class SimulatedClinician:
         if isinstance(correction, Stop) and isinstance(proposal.action, Stop):
             return Review("accept", reason="nothing the expert would do helps")
         return Review("override", correction, reason="expert correction")
+
+
+def volume_correction(prediction: np.ndarray, ground_truth: np.ndarray, box_below_iou: float = 0.5,
+                      boxed: frozenset = frozenset()):
+    """The simulated clinician's next correction of a propagated 3D mask (k, j, i): on the slice with the most
+    wrong voxels, ``"clear"`` where the structure is absent, the ground-truth box where the slice's mask is
+    empty or poor (IoU below ``box_below_iou``) and the slice has not had it yet (``boxed``: a second identical
+    box changes nothing), else the standard corrective click. Returns (slice, action) or None when exact."""
+    from .policies.oracle import corrective_click
+
+    errors = (np.asarray(prediction, bool) ^ np.asarray(ground_truth, bool)).sum(axis=(1, 2))
+    index = int(np.argmax(errors))
+    if errors[index] == 0:
+        return None
+    pred, gt = prediction[index], ground_truth[index]
+    if not gt.any():
+        return index, "clear"
+    if not pred.any() or (iou(pred, gt) < box_below_iou and index not in boxed):
+        return index, gt_box(gt)
+    return index, corrective_click(pred, gt)

@@ -26,6 +26,8 @@ from .trajectory import TrajectoryWriter, encode_mask, save_episode_image
 
 Decision = Literal["accept", "override", "reject", "hint", "place"]
 DEFAULT_MAX_ACTIONS = 5  # the protocol's limit on box/point actions per episode
+# End statuses of an episode that did not run to its end; ``finish`` never marks such an episode accepted.
+UNFINISHED_STATUSES = frozenset({"paused", "failed", "interrupted"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Session:
         self.steps: list[Step] = []
         self.pending: Optional[Proposal] = None
         self.finished = False
+        self.pause_reason = ""  # why the policy could not act last time (for the terminal and the panel)
         self._history: list[_State] = [_State((), None, False)]
         self.tool.set_image(image, key=image_key)
         self.policy.reset()
@@ -187,7 +190,13 @@ class Session:
         """Ask the policy for its next action; it stays pending until accepted, overridden or rejected."""
         self._check_open()
         start = time.perf_counter()
-        proposal = self.policy.propose(self.observation())
+        try:
+            proposal = self.policy.propose(self.observation())
+        except PolicyError as error:  # the server is down, the model's answer unusable, ...: say why, in the log
+            self.pause_reason = str(error) or type(error).__name__
+            self._write({"type": "pause", "reason": self.pause_reason})
+            raise
+        self.pause_reason = ""
         self._propose_ms = (time.perf_counter() - start) * 1000
         self.pending = proposal
         return proposal
@@ -219,8 +228,7 @@ class Session:
 
     def run(self, reviewer: Reviewer, max_proposals: int = 50) -> str:
         """Continue until stop, the action limit, or a pause. Returns ``stopped``, ``limit``, ``paused``
-        (the policy could not act; the message is in ``self.pause_reason``) or ``rejected``."""
-        self.pause_reason = ""
+        (the policy could not act; the message is in ``self.pause_reason`` and the log) or ``rejected``."""
         for _ in range(max_proposals):
             if self.stopped:
                 return "stopped"
@@ -228,8 +236,7 @@ class Session:
                 return "limit"
             try:
                 proposal = self.propose()
-            except PolicyError as error:
-                self.pause_reason = str(error)
+            except PolicyError:
                 return "paused"
             review = reviewer.review(proposal, self.observation())
             if review.decision == "accept":
@@ -255,18 +262,23 @@ class Session:
         self._write({"type": "undo", "count": count})
         return count
 
-    def finish(self, accepted: bool = True, status: str = "finished") -> None:
-        """End the episode. ``accepted`` marks the final mask as clinician-approved ground truth."""
+    def finish(self, accepted: bool = True, status: str = "finished", reason: str = "") -> None:
+        """End the episode. ``accepted`` marks the final mask as clinician-approved ground truth; an episode
+        ending ``paused``, ``failed`` or ``interrupted`` (``UNFINISHED_STATUSES``) is never accepted. ``reason``
+        (default: the pause reason of a paused episode) is logged with the end record."""
         self.finished = True
         self.pending = None
+        reason = reason or (self.pause_reason if status == "paused" else "")
         record = {
             "type": "end",
             "status": status,
-            "accepted": accepted,
+            "accepted": bool(accepted) and status not in UNFINISHED_STATUSES,
             "final_mask": encode_mask(self.mask),
             "agent_actions": self.agent_actions,
             "clinician_actions": self.clinician_actions,
         }
+        if reason:
+            record["reason"] = reason
         record.update(self._scores(self.mask))
         self._write(record)
 

@@ -6,10 +6,14 @@ A log file holds one or more episodes. Records (``"type"``):
   coordinates, the mask (run-length encoded), score, IoU/Dice where ground truth is known, timings, ``extra``
   (e.g. RAS/IJK from Slicer);
 - ``undo``: the last ``count`` steps were taken back;
-- ``end``: how the episode ended; ``accepted`` marks a clinician-approved final mask (an expert trajectory).
+- ``pause``: the policy could not act (``reason``: server down, unusable answer, ...); the episode goes on;
+- ``end``: how the episode ended; ``accepted`` marks a clinician-approved final mask (an expert trajectory);
+  ``reason`` says why a paused or failed episode stopped.
 
-Every record is flushed and fsync'ed when written, so a killed process leaves every completed step readable;
-``read_episodes`` skips a torn last line instead of failing.
+Every record is flushed and fsync'ed when written, so a killed process leaves every completed step readable.
+Readers keep whatever they can: a line that is torn, not UTF-8, not JSON or not a JSON object, a record of an
+unknown type, or a step whose action cannot be read is skipped with a warning naming the file and line, and
+the episode it belonged to is marked (``Episode.problems``) so exports leave it out.
 """
 
 from __future__ import annotations
@@ -158,12 +162,14 @@ class LoggedStep:
 
 @dataclass
 class Episode:
-    """An episode as it stands after its undos: ``steps`` are the ones still in effect."""
+    """An episode as it stands after its undos: ``steps`` are the ones still in effect. ``problems`` lists
+    what could not be read (``file:line: why``); an episode with problems is shown but never exported."""
 
     header: dict
     steps: list[LoggedStep] = field(default_factory=list)
     end: Optional[dict] = None
     undone: list[LoggedStep] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     @property
     def episode_id(self) -> str:
@@ -183,38 +189,116 @@ class Episode:
         return None
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[dict]:
-    """Records of one log file; a torn or corrupt line (a writer killed mid-line) is skipped with a warning."""
-    with Path(path).open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
+RECORD_TYPES = ("episode", "step", "undo", "pause", "end")
+
+
+def _skip(where: str, why: str) -> str:
+    warnings.warn(f"{where}: {why}; skipped", stacklevel=3)
+    return f"{where}: {why}"
+
+
+def iter_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of one log file. A line that is torn (a writer killed mid-line), not UTF-8,
+    not JSON or not a JSON object is skipped with a warning naming the file and line; the rest is kept."""
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
+            where = f"{path}:{number}"
             try:
-                yield json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                _skip(where, "not UTF-8 text")
+                continue
             except json.JSONDecodeError:
-                warnings.warn(f"{path}:{number}: skipped an unreadable (torn) log line", stacklevel=2)
+                _skip(where, "unreadable (torn or not JSON) log line")
+                continue
+            if not isinstance(record, dict):
+                _skip(where, f"a log record must be a JSON object, got {type(record).__name__}")
+                continue
+            yield number, record
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[dict]:
+    """Records of one log file (see ``iter_numbered`` for what is skipped)."""
+    for _number, record in iter_numbered(path):
+        yield record
+
+
+def _step_problem(record: dict) -> Optional[str]:
+    """Why a step record cannot be used (its actions or mask unreadable), or None."""
+    try:
+        step = LoggedStep(record)
+        step.applied, step.proposed  # noqa: B018 - parsing is the check
+        if not isinstance(record.get("decision"), str):
+            return "a step without a decision"
+        if not isinstance(record.get("index"), int):
+            return "a step without an index"
+        mask = record.get("mask")
+        if mask is not None and (not isinstance(mask, dict) or "size" not in mask or "counts" not in mask):
+            return "a step whose mask is not run-length encoded"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        return f"a step that cannot be read ({error})"
+    return None
 
 
 def read_episodes(*paths: str | os.PathLike) -> list[Episode]:
-    """Load logs back into episodes, applying undo records."""
+    """Load logs back into episodes, applying undo records. Nothing unreadable stops the reading: it is
+    skipped with a warning (file and line) and noted in the episode's ``problems``."""
     episodes: dict[str, Episode] = {}
     for path in paths:
-        for record in iter_records(path):
+        for number, record in iter_numbered(path):
+            where = f"{path}:{number}"
             kind = record.get("type")
             episode_id = record.get("episode_id")
+            if kind not in RECORD_TYPES:
+                problem = _skip(where, f"record of unknown type {kind!r} (a newer version's log?)")
+                if episode_id in episodes:
+                    episodes[episode_id].problems.append(problem)
+                continue
             if kind == "episode":
+                if not isinstance(episode_id, str):
+                    _skip(where, "episode header without an episode_id")
+                    continue
                 episodes[episode_id] = Episode(header=record)
                 continue
-            episode = episodes.get(episode_id)
+            episode = episodes.get(episode_id) if isinstance(episode_id, str) else None
             if episode is None:
-                warnings.warn(f"{path}: record for unknown episode {episode_id!r} skipped", stacklevel=2)
+                _skip(where, f"record for unknown episode {episode_id!r}")
                 continue
             if kind == "step":
-                episode.steps.append(LoggedStep(record))
+                problem = _step_problem(record)
+                if problem:
+                    episode.problems.append(_skip(where, problem))
+                else:
+                    episode.steps.append(LoggedStep(record))
             elif kind == "undo":
-                for _ in range(int(record.get("count", 1))):
+                count = record.get("count", 1)
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    episode.problems.append(_skip(where, f"undo with a bad count {count!r}"))
+                    continue
+                for _ in range(count):
                     if episode.steps:
                         episode.undone.append(episode.steps.pop())
             elif kind == "end":
                 episode.end = record
     return list(episodes.values())
+
+
+def prune_episode_images(log_path: str | os.PathLike) -> int:
+    """Delete the images in the log's image folder that no episode of the log names (an earlier run's, once
+    this run's log is in place); returns how many were deleted."""
+    folder = episode_images_folder(log_path)
+    if not folder.is_dir():
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metas = [r.get("meta") for r in iter_records(log_path) if r.get("type") == "episode"]
+        named = {(Path(log_path).parent / str(m.get("image_path") or "")).resolve() for m in metas
+                 if isinstance(m, dict)}
+    removed = 0
+    for image in folder.iterdir():
+        if image.is_file() and image.resolve() not in named:
+            image.unlink()
+            removed += 1
+    return removed

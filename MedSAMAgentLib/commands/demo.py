@@ -4,6 +4,7 @@ simulated clinician. Needs no download and no GPU."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from ..manifest import bundled_manifest, load_case
 from ..policies.mllm import add_policy_arguments, describe_policy, policy_options_from_args
 from ..registry import DEFAULT_POLICY, make_policy
 from . import add_tool_arguments, tool_from_args
+from .options import POSITIVE
+from ..outputs import OutputLock, atomic_path
 from ..render import overlay, save_mask_png
 from ..reviewers import SimulatedClinician
 from ..session import Session
@@ -29,20 +32,34 @@ def register(subparsers) -> None:
     parser.add_argument("--case", default=DEMO_CASE, help=f"bundled case id (default: {DEMO_CASE})")
     add_tool_arguments(parser)
     add_policy_arguments(parser, default_policy=DEFAULT_POLICY)
-    parser.add_argument("--max-steps", type=int, default=5, help="box/point actions per episode (default 5)")
+    parser.add_argument("--max-steps", type=POSITIVE, default=5, help="box/point actions per episode (default 5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--volume", action="store_true",
+                        help="the 3D demo instead: a bundled CT volume, a key-slice box carried through the "
+                             "volume, then the simulated clinician's corrections (demo_volume)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.volume:
+        from .demo_volume import run_volume_demo
+
+        return run_volume_demo(args)
     cases = {c.id: c for c in bundled_manifest()}
     if args.case not in cases:
         raise ValueError(f"no bundled case {args.case!r}; choose one of: {', '.join(sorted(cases))}")
     loaded = load_case(cases[args.case])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, "demo"):
+        return _run(args, loaded, out)
+
+
+def _run(args: argparse.Namespace, loaded, out: Path) -> int:
+    """The demo proper. Its log is written as trajectory.jsonl.partial and replaces an earlier run's
+    trajectory.jsonl only once the episode has ended, so a failed or killed demo loses nothing."""
     log_path = out / "trajectory.jsonl"
-    log_path.unlink(missing_ok=True)
+    partial = out / "trajectory.jsonl.partial"
+    partial.unlink(missing_ok=True)  # only ever an unfinished demo's
 
     print(f"case   {args.case}  ({loaded.case.target}; {loaded.case.licence})")
     print(f"tool   {args.tool}   policy {args.policy}   reviewer: simulated clinician (reads ground truth)")
@@ -71,22 +88,35 @@ def run(args: argparse.Namespace) -> int:
             applied_so_far.append(step.applied)
         mask = step.prediction.mask if step.prediction is not None else None
         proposal = step.proposal.action if step.proposal and not isinstance(step.proposal.action, Stop) else None
-        overlay(loaded.image, mask, applied_so_far, proposal).save(out / f"step_{step.index:02d}.png")
+        with atomic_path(out / f"step_{step.index:02d}.png") as temporary:
+            overlay(loaded.image, mask, applied_so_far, proposal).save(temporary)
 
     print(f"\n{'step':>4}  {'who':<9} {'proposed':<28} {'decision':<9} {'applied':<28} {'Dice':>6}")
-    with TrajectoryWriter(log_path) as log:
+    with TrajectoryWriter(partial) as log:
         session = Session(tool, policy, loaded.image, target=loaded.case.target,
                           ground_truth=loaded.ground_truth, log=log, max_actions=args.max_steps,
                           meta={"case": args.case, "source": "demo"}, on_step=show)
         if policy.needs_hint:
             session.place(clinician.hint(), hint=True)
-        status = session.run(clinician)
-        session.finish(accepted=True, status=status)
+        try:
+            status = session.run(clinician)
+        except KeyboardInterrupt:  # the partial log says how it ended; the earlier trajectory.jsonl stays
+            session.finish(accepted=False, status="interrupted")
+            raise
+        session.finish(accepted=True, status=status)  # never accepted when paused (Session.finish)
+    os.replace(partial, log_path)
+    for stale in out.glob("step_*.png"):  # an earlier, longer run's overlays
+        if not stale.stem[5:].isdigit() or int(stale.stem[5:]) >= len(session.steps):
+            stale.unlink()
 
-    save_mask_png(session.mask, out / "final_mask.png")
+    with atomic_path(out / "final_mask.png") as temporary:
+        save_mask_png(session.mask, temporary)
     final = session.steps[-1].dice if session.steps else None
     print(f"\nended: {status}; agent actions {session.agent_actions}, clinician actions "
           f"{session.clinician_actions}; final Dice {final if final is None else round(final, 3)}")
     print(f"wrote {out}/final_mask.png, {len(session.steps)} step overlays and {log_path} "
           f"in {time.perf_counter() - started:.1f} s")
+    if status == "paused":
+        print(f"paused: {session.pause_reason}")
+        return 1
     return 0

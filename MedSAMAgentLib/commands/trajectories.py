@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 from ..policies.oracle import OracleSettings
+from ..registry import TOOLS
+from .options import FRACTION, POSITIVE, number, output_file, whole
 from ..session import DEFAULT_MAX_ACTIONS
 
 _ORACLE = OracleSettings()
@@ -32,25 +34,25 @@ def register(subparsers) -> None:
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--paradigm", choices=("box-to-point", "sequential-click", "both"), default="box-to-point",
                      help="first action: a jittered box, or a click (default: box-to-point)")
-    gen.add_argument("--per-case", type=int, default=1, help="episodes per case and paradigm (default 1)")
-    gen.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    gen.add_argument("--workers", type=int, default=1, help="processes, each with its own tool (default 1)")
-    gen.add_argument("--jitter", type=float, default=_ORACLE.jitter,
+    gen.add_argument("--per-case", type=POSITIVE, default=1, help="episodes per case and paradigm (default 1)")
+    gen.add_argument("--seed", type=whole(0), default=0, help="base seed (default 0)")
+    gen.add_argument("--workers", type=POSITIVE, default=1, help="processes, each with its own tool (default 1)")
+    gen.add_argument("--jitter", type=number(0.0, 1.0, high_open=True), default=_ORACLE.jitter,
                      help=f"box side jitter, fraction of the box size (default {_ORACLE.jitter})")
-    gen.add_argument("--tau", type=float, default=_ORACLE.tau,
+    gen.add_argument("--tau", type=FRACTION, default=_ORACLE.tau,
                      help=f"progress constraint: minimum IoU gain of a kept click (default {_ORACLE.tau})")
-    gen.add_argument("--stop-iou", type=float, default=_ORACLE.stop_iou,
+    gen.add_argument("--stop-iou", type=number(0.0, 1.0, low_open=True), default=_ORACLE.stop_iou,
                      help=f"stop once IoU reaches this (default {_ORACLE.stop_iou})")
-    gen.add_argument("--resample", type=int, default=_ORACLE.resample,
+    gen.add_argument("--resample", type=whole(0), default=_ORACLE.resample,
                      help=f"extra click candidates tried when one fails the constraint (default {_ORACLE.resample})")
-    gen.add_argument("--max-steps", type=int, default=DEFAULT_MAX_ACTIONS,
+    gen.add_argument("--max-steps", type=POSITIVE, default=DEFAULT_MAX_ACTIONS,
                      help=f"box/point actions per episode (default {DEFAULT_MAX_ACTIONS}, the protocol's limit)")
     gen.add_argument("--dims", choices=("2", "3", "all"), default="2",
                      help="manifest rows to use: 2D, 3D (largest slice) or all (default 2)")
     gen.add_argument("--include-non-expert", action="store_true",
                      help="also use rows whose label is a model output (expert_label false)")
     gen.add_argument("--case", action="append", dest="cases", help="only this case id (repeatable)")
-    gen.add_argument("--tool", default="litemedsam", help="segmentation tool (default litemedsam)")
+    gen.add_argument("--tool", default="litemedsam", choices=sorted(TOOLS), help="segmentation tool (default litemedsam)")
     gen.add_argument("--checkpoint", default=None, help="tool checkpoint (default: the tool's own)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(func=run_generate)
@@ -65,7 +67,7 @@ def register(subparsers) -> None:
                      help="keep only agent proposals the reviewer accepted (one sample per step)")
     exp.add_argument("--only-corrections", action="store_true",
                      help="keep only the clinician's overrides (one sample per step)")
-    exp.add_argument("--min-iou", type=float, default=0.0,
+    exp.add_argument("--min-iou", type=FRACTION, default=0.0,
                      help="drop episodes whose final mask is below this IoU against the ground truth (default 0)")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.set_defaults(func=run_export)
@@ -74,7 +76,7 @@ def register(subparsers) -> None:
                         description="Episodes, actions per episode by type, IoU/Dice at each step, the override "
                         "rate and the protocol reward; plotted to a PNG.")
     st.add_argument("logs", nargs="+", help="trajectory log files or folders")
-    st.add_argument("--plot", default=None, help="PNG path (default: <first folder>/trajectory_stats.png)")
+    st.add_argument("--plot", default=None, type=output_file(".png"), help="PNG path (default: <first folder>/trajectory_stats.png)")
     st.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
     st.set_defaults(func=run_stats)
 

@@ -163,6 +163,8 @@ def masks_per_action(observation: Observation) -> list[np.ndarray]:
 def add_policy_arguments(parser: argparse.ArgumentParser, *, policy_flag: bool = True,
                          default_policy: str = "builtin") -> None:
     """``--policy`` and the MLLM policy's flags, the same for every command."""
+    from ..commands.options import number
+
     if policy_flag:
         from ..registry import POLICIES
 
@@ -176,8 +178,9 @@ def add_policy_arguments(parser: argparse.ArgumentParser, *, policy_flag: bool =
     group.add_argument("--model-name", metavar="NAME", help="served model name (default: the only one listed)")
     group.add_argument("--api-key", metavar="KEY", default=None,
                        help="API key for the endpoint (default: $MEDSAM_AGENT_API_KEY or $OPENAI_API_KEY)")
-    group.add_argument("--timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT,
-                       help=f"seconds to wait for each endpoint answer (default {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--timeout", metavar="SECONDS", type=number(0.0, low_open=True), default=DEFAULT_TIMEOUT,
+                       help=f"seconds for each endpoint answer, connecting and the whole response included "
+                       f"(default {DEFAULT_TIMEOUT:g})")
     group.add_argument("--policy-device", metavar="DEVICE", default=None,
                        help="device for a local checkpoint: cuda, cuda:1, cpu (default: cuda when available)")
 

@@ -12,9 +12,11 @@ import base64
 import io
 import json
 import os
+import http.client
 import socket
-import urllib.error
-import urllib.request
+import threading
+import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -222,9 +224,11 @@ def openai_messages(messages: Sequence[dict]) -> list[dict]:
 
 
 class EndpointBackend:
-    """An OpenAI-compatible chat-completions server, called with the standard library's urllib.
+    """An OpenAI-compatible chat-completions server, called with the standard library's ``http.client``.
 
-    Transport failures (refused, timeout, HTTP 5xx) are tried once more; then ``BackendError``.
+    ``timeout`` is one deadline per answer: connecting plus the whole response, retries included. Transport
+    failures (refused, dropped, HTTP 5xx) are tried once more while time is left; then ``BackendError``.
+    Proxy variables (HTTP_PROXY...) are not used: the server is expected on the local network.
     """
 
     def __init__(self, base_url: str, model_name: Optional[str] = None, api_key: Optional[str] = None,
@@ -234,6 +238,8 @@ class EndpointBackend:
         self.model_name = model_name
         self.api_key = api_key
         self.timeout = float(timeout)
+        if not 0 < self.timeout < float("inf"):
+            raise BackendError(f"the endpoint timeout must be a positive number of seconds, got {timeout!r}")
         self.retries = int(retries)
         self.label = model_name or self.url
 
@@ -282,6 +288,8 @@ class EndpointBackend:
         return self.model_name
 
     def _request(self, url: str, payload: Optional[dict]) -> dict:
+        """One answer from the server, within ``timeout`` seconds in all: connecting, sending, waiting and
+        reading the whole body, retries included (a server that trickles bytes cannot hold a step longer)."""
         headers = {"Accept": "application/json"}
         data = None
         if payload is not None:
@@ -289,45 +297,99 @@ class EndpointBackend:
             headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        deadline = time.monotonic() + self.timeout
         attempts = 1 + max(self.retries, 0)
         problem, tried = "", 0
         for _attempt in range(attempts):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             tried += 1
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read()
-            except urllib.error.HTTPError as error:
-                detail = _snippet(error.read().decode("utf-8", "replace"))
-                problem = f"the policy server at {url} answered HTTP {error.code} {error.reason}: {detail}"
-                if error.code == 404:
+                status, reason, body = _http_exchange(url, data, headers, left)
+            except _DeadlinePassed:
+                problem = (f"the policy server at {url} did not answer within {self.timeout:g} s (--timeout covers "
+                           "connecting and the whole answer)")
+                break  # the time is spent: no retry
+            except ConnectionRefusedError:
+                problem = f"cannot reach the policy server at {url}: connection refused (is vLLM/SGLang running?)"
+                continue
+            except socket.gaierror as error:
+                problem = f"cannot reach the policy server at {url}: unknown host ({error.strerror or error})"
+                break
+            except (OSError, http.client.HTTPException) as error:
+                problem = f"lost the connection to the policy server at {url}: {error or type(error).__name__}"
+                continue
+            if status >= 400:
+                detail = _snippet(body.decode("utf-8", "replace"))
+                problem = f"the policy server at {url} answered HTTP {status} {reason}: {detail}"
+                if status == 404:
                     problem += " (check the endpoint URL and --model-name)"
-                if error.code in (401, 403):
+                if status in (401, 403):
                     problem += " (check --api-key)"
-                if error.code < 500:
+                if status < 500:
                     break  # the same request will fail the same way
                 continue
-            except (TimeoutError, socket.timeout):
-                problem = f"the policy server at {url} did not answer within {self.timeout:g} s"
-                continue
-            except urllib.error.URLError as error:
-                reason = error.reason
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    problem = f"the policy server at {url} did not answer within {self.timeout:g} s"
-                elif isinstance(reason, ConnectionRefusedError):
-                    problem = f"cannot reach the policy server at {url}: connection refused (is vLLM/SGLang running?)"
-                else:
-                    problem = f"cannot reach the policy server at {url}: {reason}"
-                continue
-            except (ConnectionError, OSError) as error:
-                problem = f"lost the connection to the policy server at {url}: {error}"
-                continue
             try:
-                return json.loads(body.decode("utf-8"))
+                answer = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise BackendError(f"the policy server at {url} did not answer JSON: "
                                    f"{_snippet(body.decode('utf-8', 'replace'))}") from None
+            if not isinstance(answer, dict):
+                raise BackendError(f"the policy server at {url} answered a JSON {type(answer).__name__}, not an "
+                                   f"object: {_snippet(body.decode('utf-8', 'replace'))}")
+            return answer
+        if not problem:
+            problem = f"the policy server at {url} did not answer within {self.timeout:g} s"
         raise BackendError(problem + (f" (tried {tried} times)" if tried > 1 else ""))
+
+
+class _DeadlinePassed(Exception):
+    """The whole exchange did not finish in time."""
+
+
+def _http_exchange(url: str, data: Optional[bytes], headers: dict, seconds: float) -> tuple[int, str, bytes]:
+    """POST (or GET without ``data``) and read the whole answer: (status, reason, body), all within
+    ``seconds``. Each socket operation times out at ``seconds`` and a watchdog shuts the socket down when the
+    total runs out, so neither a silent nor a trickling server can hold the caller longer."""
+    parts = urllib.parse.urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=seconds)
+    expired = threading.Event()
+    opened: list[socket.socket] = []  # the socket itself: http.client drops its own reference after the headers
+
+    def expire() -> None:
+        expired.set()
+        for sock in opened:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    watchdog = threading.Timer(seconds, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.connect()
+        opened.append(connection.sock)
+        if expired.is_set():  # the deadline passed while connecting
+            raise _DeadlinePassed
+        connection.request("POST" if data is not None else "GET", path, body=data, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        if expired.is_set():
+            raise _DeadlinePassed
+        return response.status, response.reason, body
+    except (TimeoutError, socket.timeout):
+        raise _DeadlinePassed from None
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise _DeadlinePassed from None
+        raise
+    finally:
+        watchdog.cancel()
+        connection.close()
 
 
 def _snippet(text: str, limit: int = 160) -> str:

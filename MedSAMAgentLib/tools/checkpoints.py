@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,12 +166,14 @@ def load_state_dict(path: str | os.PathLike, family: str) -> dict[str, Any]:
         raise ToolError(f"{family} checkpoint not found: {path} (no such file)")
     if not path.is_file():
         raise ToolError(f"{family} checkpoint {path} is not a file")
+    if path.stat().st_size == 0:
+        raise ToolError(f"{family} checkpoint {path} is empty (0 bytes): an interrupted download or copy?")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note about pickle protocols is noise next to our message
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and unpickler errors all mean the same to the user
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ToolError(f"cannot read {family} checkpoint {path}: not a loadable PyTorch weights file "
-                        f"(corrupt, truncated, or not a checkpoint): {first[:200]}") from None
+        raise ToolError(f"cannot read {family} checkpoint {path}: {_load_failure(error)}") from None
     if isinstance(data, Mapping):
         for wrapper in ("model", "state_dict"):
             if isinstance(data.get(wrapper), Mapping):
@@ -179,6 +182,21 @@ def load_state_dict(path: str | os.PathLike, family: str) -> dict[str, Any]:
     if not isinstance(data, Mapping) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ToolError(f"{family} checkpoint {path} holds no state dict of tensors (found {type(data).__name__})")
     return dict(data)
+
+
+def _load_failure(error: Exception) -> str:
+    """torch.load's many-line errors as one clause that keeps what matters: the file is not plain weights,
+    and it was not unpickled because that could run code from it."""
+    import re
+
+    text = str(error)
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
+    if "Weights only load failed" in text:
+        return ("not plain PyTorch weights: corrupt, not a checkpoint, or pickled Python objects beyond tensors "
+                "(not loaded: unpickling such a file can run code from it)"
+                + (f" [{detail.group(1).strip()[:120]}]" if detail else ""))
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"not a loadable PyTorch weights file (corrupt, truncated, or not a checkpoint): {first[:200]}"
 
 
 def describe_keys(state: Mapping[str, Any]) -> str:

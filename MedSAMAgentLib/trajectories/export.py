@@ -40,6 +40,7 @@ import numpy as np
 
 from ..actions import Action, Stop
 from ..geometry import Letterbox
+from ..outputs import OutputLock, atomic_path, write_text_atomic
 from ..trajectory import Episode, load_episode_image, read_episodes
 
 SFT_FILE = "medsam_agent_sft.json"
@@ -165,15 +166,29 @@ def turns_of(episode: Episode) -> list[Turn]:
 
 def prepare(episode: Episode, log: Path, need_ground_truth: bool) -> ExportEpisode | str:
     """The episode with its image, turns and ground truth, or the reason it cannot be exported."""
+    from ..session import UNFINISHED_STATUSES
+
     if episode.end is None:
         return "unfinished episodes (no end record)"
+    if episode.problems:
+        return "episodes with unreadable records (see the warnings)"
+    if episode.end.get("status") in UNFINISHED_STATUSES:
+        return "episodes that paused, failed or were interrupted"
     if not episode.accepted:
         return "episodes not accepted"
-    turns = turns_of(episode)
+    if [s.record.get("index") for s in episode.steps] != list(range(len(episode.steps))):
+        return "episodes with missing steps (step numbers not consecutive)"
+    try:
+        turns = turns_of(episode)
+    except ValueError:
+        return "episodes with a damaged step mask"
     if len(turns) == 1:
         return "episodes without any box/point action"
     if any(t.mask is None for t in turns[:-1]):
         return "episodes with a step logged without its mask"
+    shape = tuple((episode.header.get("image") or {}).get("shape") or ())
+    if shape and any(t.mask.shape != shape for t in turns[:-1]):
+        return "episodes with a step mask of the wrong size"
     meta = episode.header.get("meta") or {}
     loaded = None
     try:
@@ -313,11 +328,18 @@ def export_llamafactory(paths: Sequence[str | os.PathLike], out: str | os.PathLi
                 "origin": episode.origin,
             })
     path = out / SFT_FILE
-    path.write_text(json.dumps(samples, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(samples, ensure_ascii=False, indent=1) + "\n")
     info_path = out / "dataset_info.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    info = {}
+    if info_path.exists():  # other datasets listed there are kept
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{info_path} is not a JSON object ({error}); fix or remove it") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{info_path} is not a JSON object; fix or remove it")
     info.update(dataset_info(SFT_FILE))
-    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
     report.samples, report.images = len(samples), len(written)
     report.files = [path, info_path]
     return report
@@ -403,14 +425,17 @@ def export_verl(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
         }
     table = pa.Table.from_pylist(list(rows.values()), schema=rl_schema())
     path = out / RL_FILE
-    pq.write_table(table, path)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary)
     report.samples, report.files = table.num_rows, [path]
     return report
 
 
 def export(paths: Sequence[str | os.PathLike], fmt: str, out: str | os.PathLike, **options) -> ExportReport:
-    if fmt == "llamafactory":
-        return export_llamafactory(paths, out, **options)
-    if fmt == "verl":
+    """Export in ``fmt``, holding ``out`` for this run (a second export into it is refused)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    with OutputLock(out, "export"):
+        if fmt == "llamafactory":
+            return export_llamafactory(paths, out, **options)
         return export_verl(paths, out, **options)
-    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..manifest import Case, load_case, read_manifest
 from ..policies.oracle import OracleExpert, OracleSettings
+from ..outputs import OutputLock, atomic_path, write_text_atomic
 from ..render import save_mask_png
 from ..session import DEFAULT_MAX_ACTIONS, Session
 from ..trajectory import TrajectoryWriter, iter_records
@@ -75,6 +76,12 @@ class GenerateSettings:
             raise ValueError(f"--max-steps must be at least 1, got {self.max_steps}")
         if not 0 <= self.jitter < 1:
             raise ValueError(f"--jitter is a fraction of the box size in [0, 1), got {self.jitter}")
+        if not 0 < self.stop_iou <= 1:
+            raise ValueError(f"--stop-iou is an IoU in (0, 1], got {self.stop_iou}")
+        if not 0 <= self.tau <= 1:
+            raise ValueError(f"--tau is an IoU gain in [0, 1], got {self.tau}")
+        if self.resample < 0:
+            raise ValueError(f"--resample must be 0 or more, got {self.resample}")
 
     def oracle(self, paradigm: str) -> OracleSettings:
         return OracleSettings(jitter=self.jitter, tau=self.tau, stop_iou=self.stop_iou, resample=self.resample,
@@ -224,8 +231,10 @@ def generate_case(tool, case: Case, manifest: Path, settings: GenerateSettings, 
         mask_file.parent.mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
-        Image.fromarray(loaded.image).save(image_file)
-        save_mask_png(loaded.ground_truth, mask_file)
+        with atomic_path(image_file) as temporary:  # a killed run never leaves a half-written image
+            Image.fromarray(loaded.image).save(temporary)
+        with atomic_path(mask_file) as temporary:
+            save_mask_png(loaded.ground_truth, temporary)
         key = image_key(loaded.image)
         actions = 0
         with TrajectoryWriter(partial) as log:
@@ -281,8 +290,6 @@ def generate(manifest: str | Path, out: str | Path, settings: GenerateSettings =
 
     ``tool``: an already built tool to use in this process (``workers`` must be 1); otherwise each worker
     builds ``settings.tool``. ``cases``: only these case ids."""
-    from tqdm import tqdm
-
     started = time.perf_counter()
     manifest, out = Path(manifest), Path(out)
     chosen, excluded = select_cases(read_manifest(manifest), dims, include_non_expert)
@@ -293,6 +300,14 @@ def generate(manifest: str | Path, out: str | Path, settings: GenerateSettings =
         chosen = [c for c in chosen if c.id in set(cases)]
     if not chosen:
         raise ValueError(f"{manifest} has no usable rows (dims={dims}); left out: {excluded[:3]}")
+    with OutputLock(out, "trajectories generate"):  # refuses a second run on OUT, or a read-only OUT
+        return _generate(manifest, out, settings, chosen, excluded, workers, dims, tool, progress, started)
+
+
+def _generate(manifest: Path, out: Path, settings: GenerateSettings, chosen: list[Case], excluded: list,
+              workers: int, dims: str, tool, progress: bool, started: float) -> GenerateReport:
+    from tqdm import tqdm
+
     (out / "logs").mkdir(parents=True, exist_ok=True)
     report = GenerateReport(out, excluded=excluded)
     todo = []
@@ -303,6 +318,7 @@ def generate(manifest: str | Path, out: str | Path, settings: GenerateSettings =
             todo.append(case)
     bar = tqdm(total=len(chosen), initial=len(report.results), unit="case", desc="trajectories",
                disable=not progress)
+    interrupted = False
     try:
         if todo and (workers <= 1 or tool is not None or len(todo) == 1):
             if tool is None:
@@ -328,18 +344,23 @@ def generate(manifest: str | Path, out: str | Path, settings: GenerateSettings =
                 for future in as_completed(futures):
                     report.results.append(future.result())
                     bar.update()
+    except KeyboardInterrupt:  # finished logs are complete already; record them, marked partial
+        interrupted = True
     finally:
         bar.close()
     order = {case.id: i for i, case in enumerate(chosen)}
     report.results.sort(key=lambda r: order[r.case_id])
     report.seconds = time.perf_counter() - started
-    write_summary(out / "generate.json", manifest, settings, dims, report)
+    write_summary(out / "generate.json", manifest, settings, dims, report, partial=interrupted)
+    if interrupted:
+        raise KeyboardInterrupt
     return report
 
 
-def write_summary(path: Path, manifest: Path, settings: GenerateSettings, dims: str, report: GenerateReport) -> None:
+def write_summary(path: Path, manifest: Path, settings: GenerateSettings, dims: str, report: GenerateReport,
+                  partial: bool = False) -> None:
     """``generate.json``: each case's latest generation (a skipped case keeps the record of the run that made
-    it), and this run's time."""
+    it), and this run's time; ``partial`` when the run was interrupted (the cases not reached are absent)."""
     previous = {}
     if path.is_file():
         try:
@@ -347,10 +368,10 @@ def write_summary(path: Path, manifest: Path, settings: GenerateSettings, dims: 
         except (ValueError, KeyError, TypeError):
             previous = {}
     cases = [previous.get(r.case_id, asdict(r)) if r.status == "skipped" else asdict(r) for r in report.results]
-    path.write_text(json.dumps(
+    write_text_atomic(path, json.dumps(
         {"manifest": str(manifest.resolve()), "settings": settings.as_meta(), "dims": dims, "cases": cases,
-         "excluded": report.excluded, "seconds_this_run": round(report.seconds, 2)}, indent=1) + "\n",
-        encoding="utf-8")
+         "excluded": report.excluded, "seconds_this_run": round(report.seconds, 2), "partial": partial},
+        indent=1) + "\n")
 
 
 def comparable_records(path: str | Path) -> Iterator[dict]:

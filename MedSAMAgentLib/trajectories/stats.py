@@ -33,6 +33,7 @@ class TrajectoryStats:
     episodes: int = 0
     finished: int = 0
     accepted: int = 0
+    damaged: int = 0  # episodes with records that could not be read (each named in a warning)
     actions: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in ACTION_KINDS})  # per episode
     decisions: Counter = field(default_factory=Counter)
     ious: list[list[float]] = field(default_factory=list)  # per step index: values over episodes
@@ -59,7 +60,7 @@ class TrajectoryStats:
     def as_dict(self) -> dict:
         return {
             "files": self.files, "episodes": self.episodes, "finished": self.finished, "accepted": self.accepted,
-            "actions_per_episode": {k: float(np.mean(v)) if v else 0.0 for k, v in self.actions.items()},
+            "damaged": self.damaged, "actions_per_episode": {k: float(np.mean(v)) if v else 0.0 for k, v in self.actions.items()},
             "decisions": dict(self.decisions), "override_rate": self.override_rate,
             "mean_iou_by_step": self.mean_iou(), "mean_dice_by_step": self.mean_dice(),
             "episodes_by_step": [len(v) for v in self.ious],
@@ -70,7 +71,8 @@ class TrajectoryStats:
     def text(self) -> str:
         d = self.as_dict()
         lines = [f"{self.files} log files, {self.episodes} episodes ({self.finished} finished, "
-                 f"{self.accepted} accepted)"]
+                 f"{self.accepted} accepted" + (f", {self.damaged} with unreadable records" if self.damaged else "")
+                 + ")"]
         if d["paradigms"]:
             lines.append("paradigms: " + ", ".join(f"{k} {v}" for k, v in sorted(d["paradigms"].items())))
         per = d["actions_per_episode"]
@@ -100,6 +102,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> TrajectoryStats:
             stats.episodes += 1
             stats.finished += episode.end is not None
             stats.accepted += episode.accepted
+            stats.damaged += bool(episode.problems)
             paradigm = (episode.header.get("meta") or {}).get("paradigm")
             if paradigm:
                 stats.by_paradigm[paradigm] += 1

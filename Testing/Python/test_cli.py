@@ -67,7 +67,7 @@ def test_segment_a_volume_slice(tmp_path, bundled, capsys):
 )
 def test_errors_are_one_clear_line(tmp_path, args, message):
     image = tmp_path / "image.png"
-    Image.fromarray(np.zeros((20, 30), np.uint8)).save(image)
+    Image.fromarray((np.arange(600).reshape(20, 30) % 256).astype(np.uint8)).save(image)  # not constant
     args = [str(image) if a == "IMAGE" else a for a in args]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MEDSAM_AGENT_DEBUG", None)

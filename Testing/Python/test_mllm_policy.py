@@ -445,7 +445,7 @@ def test_endpoint_timeout_and_refused_connection_pause(bundled, litemedsam, loop
     policy = make_policy("mllm", endpoint=loopback.url, model_name="m", timeout=0.3)
     session = Session(litemedsam, policy, case.image, target=case.case.target)
     assert session.run(AcceptAll()) == "paused"
-    assert "did not answer within 0.3 s" in session.pause_reason and "tried 2 times" in session.pause_reason
+    assert "did not answer within 0.3 s" in session.pause_reason  # one deadline for the answer: no retry
     assert session.steps == [] and not session.finished
 
     with socket.socket() as probe:  # a port nobody listens on

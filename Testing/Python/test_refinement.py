@@ -99,7 +99,12 @@ def test_every_oracle_click_lands_and_moves_the_mask_its_way(litemedsam, bundled
     negative click never adds any; and five clicks do not leave the mask worse than the box."""
     task = bundled[case_id]
     history = _oracle_run(litemedsam, task, clicks=5)
-    box_iou = iou(history[0][1].mask, task.ground_truth)
+    _assert_clicks_move_the_mask(history, task.ground_truth)
+
+
+def _assert_clicks_move_the_mask(history, truth) -> None:
+    """Each clicked pixel ends on its side; a positive click only adds pixels, a negative one only removes
+    them; the last mask is no worse than the box's."""
     for click, prediction, previous in history[1:]:
         y, x = int(click.y), int(click.x)
         assert prediction.mask[y, x] == click.positive
@@ -107,7 +112,7 @@ def test_every_oracle_click_lands_and_moves_the_mask_its_way(litemedsam, bundled
             assert np.all(prediction.mask[previous.mask])
         else:
             assert not np.any(prediction.mask & ~previous.mask)
-    assert iou(history[-1][1].mask, task.ground_truth) >= box_iou
+    assert iou(history[-1][1].mask, truth) >= iou(history[0][1].mask, truth)
 
 
 def test_negative_click_empties_the_ring_cavity(litemedsam, bundled):
@@ -133,3 +138,34 @@ def test_clicks_improve_an_organ_and_the_box_is_decoded_once(litemedsam, bundled
     again = litemedsam.predict(actions, None)
     np.testing.assert_array_equal(again.mask, history[-1][1].mask)
     assert again.probability is not None and again.probability.shape == task.ground_truth.shape
+
+
+def test_capped_geodesic_is_exact_at_step_one_and_close_when_coarse():
+    from MedSAMAgentLib.refinement import capped_geodesic, geodesic_distance
+
+    cost = np.ones((97, 130), np.float32)
+    cost[:, 60:63] = 50.0  # a wall: the far side is reached only at a high cost
+    exact = geodesic_distance(cost, [(40, 20)])
+    np.testing.assert_array_equal(capped_geodesic(cost, [(40, 20)], 1), exact)
+    coarse = capped_geodesic(cost, [(40, 20)], 4)
+    assert coarse.shape == exact.shape
+    near = exact < 35  # the click's own side: the coarse grid's distances stay within a few pixels
+    assert np.abs(coarse[near] - exact[near]).max() < 8
+    assert coarse[:, 70:].min() > 60  # the wall still stops it
+
+
+def test_capped_refinement_keeps_the_click_invariants_on_a_1024_image(litemedsam, bundled):
+    """At 1024 px the geodesic runs on a 2x coarser grid: clicks still land and move the mask their way."""
+    from PIL import Image
+
+    from MedSAMAgentLib.manifest import LoadedCase
+
+    case = bundled["medscribble/HipXRay/image_054_axis0_midslice"]
+    h, w = case.image.shape[:2]
+    size = (w * 1024 // max(h, w), h * 1024 // max(h, w))
+    image = np.asarray(Image.fromarray(case.image).resize(size, Image.BILINEAR))
+    truth = np.asarray(Image.fromarray(case.ground_truth.astype(np.uint8)).resize(size, Image.NEAREST)) > 0
+    task = LoadedCase(case.case, image, truth)
+    history = _oracle_run(litemedsam, task, clicks=4)
+    assert len(history) > 2
+    _assert_clicks_move_the_mask(history, truth)

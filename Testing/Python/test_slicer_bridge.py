@@ -14,11 +14,11 @@ slicer = pytest.importorskip("slicer")
 
 from MedSAMAgentLib.actions import Box, Point, Stop  # noqa: E402
 from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA  # noqa: E402
-from MedSAMAgentLib.slicer_geometry import slice_geometry  # noqa: E402
-from MedSAMAgentLib import slicer_segments as segments  # noqa: E402
-from MedSAMAgentLib.slicer_logic import AgentLogic, AgentLogicError  # noqa: E402
-from MedSAMAgentLib.slicer_markups import SessionMarkups  # noqa: E402
-from MedSAMAgentLib.slicer_parameters import (AgentSettings, find_or_create_parameter_node, get_nodes,  # noqa: E402
+from MedSAMAgentLib.slicer.geometry import slice_geometry  # noqa: E402
+from MedSAMAgentLib.slicer import segments  # noqa: E402
+from MedSAMAgentLib.slicer.logic import AgentLogic, AgentLogicError  # noqa: E402
+from MedSAMAgentLib.slicer.markups import SessionMarkups  # noqa: E402
+from MedSAMAgentLib.slicer.parameters import (AgentSettings, find_or_create_parameter_node, get_nodes,  # noqa: E402
                                               read_settings, set_nodes, write_settings)
 from MedSAMAgentLib.trajectory import read_episodes  # noqa: E402
 from slicer_headless import load_volume, make_headless_slicer, volume_from_array  # noqa: E402
@@ -78,7 +78,7 @@ def roi_corners_ijk(node, geometry) -> list[np.ndarray]:
     centre, size = [0.0] * 3, [0.0] * 3
     node.GetCenterWorld(centre)
     node.GetSizeWorld(size)
-    from MedSAMAgentLib.slicer_geometry import vtk_matrix_to_numpy
+    from MedSAMAgentLib.slicer.geometry import vtk_matrix_to_numpy
 
     axes = vtk_matrix_to_numpy(node.GetObjectToWorldMatrix())[:3, :3]
     axes = axes / np.linalg.norm(axes, axis=0)
@@ -107,7 +107,7 @@ def test_geometry_rotated_anisotropic_volume(env, view, axis):
         assert np.allclose(geometry.ras_to_ijk_point(ras), geometry.pixel_to_ijk_point(x, y), atol=1e-6)
     assert np.array_equal(geometry.to_ijk_plane(image), array[slice_index(geometry)])
     # the image looks as the view shows it: +x runs along the view's right, +y along its down
-    from MedSAMAgentLib.slicer_geometry import vtk_matrix_to_numpy
+    from MedSAMAgentLib.slicer.geometry import vtk_matrix_to_numpy
 
     slice_to_ras = vtk_matrix_to_numpy(env.slice_node(view).GetSliceToRAS())
     dx, dy, _ = geometry.in_plane_directions()
@@ -290,7 +290,7 @@ def test_session_on_ct_in_every_orientation(env, logic_factory, tmp_path, view, 
     other_before = segment_array(seg, other, volume)
 
     logic = logic_factory()
-    settings = AgentSettings(policy="oracle", target="liver", max_actions=2, log_folder=str(tmp_path))
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=2, log_enabled=True, log_folder=str(tmp_path))
     assert logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth,
                                       policy_options=ORACLE)) == "proposed"
     proposal = logic.pending.action
@@ -376,7 +376,7 @@ def test_session_on_rotated_anisotropic_ct(env, logic_factory, tmp_path):
     logic = logic_factory()
     logic.input_markups().node("positive").AddControlPointWorld(*geometry.pixel_to_ras_point(click.x, click.y))
     seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    settings = AgentSettings(policy="oracle", target="liver", max_actions=2, log_folder=str(tmp_path))
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=2, log_enabled=True, log_folder=str(tmp_path))
     assert logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth,
                                       policy_options=ORACLE)) == "started"
     first = logic.session.steps[0]
@@ -404,7 +404,7 @@ def test_session_on_brain_mr(env, logic_factory, tmp_path):
     logic = logic_factory()
     seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     settings = AgentSettings(policy="oracle", target="lesion in brain MR", max_actions=2, window="auto",
-                             log_folder=str(tmp_path))
+                             log_enabled=True, log_folder=str(tmp_path))
     logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
     logic.continue_()
     here = slice_index(geometry)
@@ -421,6 +421,49 @@ def test_start_needs_inputs_and_a_hint_for_hint_policies(env, logic_factory):
         logic.start_work(volume, None, node, AgentSettings())
     seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     with pytest.raises(AgentLogicError, match="needs a first click"):
-        logic.start_work(volume, seg, node, AgentSettings(policy="builtin", log_enabled=False))
+        logic.run(logic.start_work(volume, seg, node, AgentSettings(policy="builtin", log_enabled=False)))
     with pytest.raises(AgentLogicError, match="no session"):
         logic.accept_work()
+
+
+def test_propagation_writes_and_undoes_a_3d_segment(env, logic_factory, tmp_path):
+    """Propagate from a box on the liver's largest slice: the neighbouring slices of the segment are written as
+    3D regions (the key slice and another segment untouched); undo gives the segment back exactly."""
+    volume, _ = load_volume(CT, "ct")
+    _, labels = load_volume(CT_LABELS, "labels")
+    liver = labels == LIVER
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    ys, xs = np.nonzero(liver[k])
+    node = env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)), k,
+                                                                   1.0])[:3]))
+    geometry = slice_geometry(volume, node)
+    assert geometry.axis == 2 and geometry.index == k
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    other = segments.ensure_segment(seg, volume, name="kidney")
+    blocker = np.zeros(liver.shape, bool)
+    blocker[k + 1, :, :] = liver[k + 1] & (np.arange(liver.shape[2]) < np.median(xs))[None, :]  # half the liver
+    segments.write_region(seg, other, volume, segments.volume_extent(volume), blocker, protect_other_segments=False)
+    truth = geometry.extract(liver)
+    logic = logic_factory()
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=1)
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
+    logic.continue_()
+    assert logic.session.mask.any()
+    key_before = segment_array(seg, logic.segment_id, volume)
+    other_before = segment_array(seg, other, volume)
+    status = logic.run(logic.propagate_work(until=k + 2))
+    assert status.startswith("propagated to 2 slices"), status
+    after = segment_array(seg, logic.segment_id, volume)
+    assert np.array_equal(after[k], key_before[k])  # the session's own slice is not rewritten
+    for index in (k + 1, k + 2):
+        assert after[index].sum() > 100 and (after[index] & liver[index]).sum() / after[index].sum() > 0.8
+    assert not (after[k + 1] & blocker[k + 1]).any()  # the other segment's voxels are protected
+    assert np.array_equal(segment_array(seg, other, volume), other_before)
+    assert not after[:k].any() and not after[k + 3:].any()
+    assert logic.undo_propagation()
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), key_before)
+    logic.finish()

@@ -61,8 +61,12 @@ def test_cmake_extension_metadata():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(rf'set\({key} "[^"]+"\)', text), f"{key} is not set in CMakeLists.txt"
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
-    assert 'set(EXTENSION_CONTRIBUTORS "MedSAMAgent team")' in text
-    assert 'set(EXTENSION_DEPENDS "NA")' in text
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', text).group(1)
+    assert all(re.fullmatch(r"[^(),]+ \([^()]+\)", c.strip()) for c in contributors.split(",")), \
+        f"contributors must be 'Name (Affiliation)', comma-separated: {contributors}"
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text  # torch through the PyTorch extension's installTorch
+    assert json.loads((ROOT / "MedSAMAgent.json").read_text())["build_dependencies"] == ["PyTorch"]
+    assert (ROOT / "LICENSE").is_file() and "Apache License" in (ROOT / "LICENSE").read_text()[:200]
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
@@ -95,12 +99,12 @@ def test_icon_is_128_png():
 
 
 def _ui_names_in_module() -> set[str]:
-    """Every ``self.ui.<name>`` / ``widget.ui.<name>`` the module code uses."""
-    tree = ast.parse(MODULE_FILE.read_text())
+    """Every ``self.ui.<name>`` / ``widget.ui.<name>`` the module file and the panel use."""
     names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
-            names.add(node.attr)
+    for path in (MODULE_FILE, ROOT / "MedSAMAgentLib" / "slicer" / "widget.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
+                names.add(node.attr)
     return names
 
 
@@ -134,9 +138,10 @@ def test_ui_file_loads_and_has_every_widget_the_module_names():
 def test_module_file_keeps_qt_out_of_the_library():
     """The bridge modules import only slicer, vtk, numpy and the package's own pure modules."""
     allowed = {"slicer", "vtk", "numpy", "__future__", "dataclasses", "typing", "pathlib", "re", "time",
-               "importlib", "math"}
-    bridge = ("slicer_geometry", "slicer_markups", "slicer_segments", "slicer_parameters", "slicer_logic")
-    for path in (ROOT / "MedSAMAgentLib" / f"{name}.py" for name in bridge):
+               "importlib", "math", "threading", "queue", "packaging", "PyTorchUtils"}  # the PyTorch extension
+    bridge = sorted((ROOT / "MedSAMAgentLib" / "slicer").glob("*.py"))
+    assert len(bridge) >= 8
+    for path in (p for p in bridge if p.name != "widget.py"):  # the panel itself is the one Qt module
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

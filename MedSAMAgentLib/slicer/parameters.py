@@ -17,7 +17,23 @@ MODULE_NAME = "MedSAMAgent"
 VOLUME_ROLE = "InputVolume"
 SEGMENTATION_ROLE = "Segmentation"
 SLICE_VIEWS = ("Red", "Yellow", "Green")
-WINDOWS = ("view", "auto", "abdomen", "liver", "lung", "pelvis", "soft_tissue")
+# How a volume becomes the model's image: ONE mapping per volume (``images.normalise_volume``), never the view's
+# display window. "auto": a CT window for CT-like volumes (soft tissue), else one percentile range;
+# "percentiles": the 0.5-99.5 percentile range of the volume's non-zero voxels; or a named CT window.
+WINDOWS = ("auto", "percentiles", "abdomen", "liver", "lung", "pelvis", "soft_tissue")
+# The panel offers the policies that can run without ground truth (``oracle`` reads it: evaluation only).
+PANEL_POLICIES = ("builtin", "mllm")
+# Tools and the Python module each needs beyond the built-in one (SAM-family tools also need a checkpoint).
+TOOL_MODULES = {"litemedsam": None, "sam": "segment_anything", "medsam": "segment_anything", "sam2": "sam2",
+                "medsam2": "sam2"}
+
+
+def available_tools() -> list[str]:
+    """Tools whose packages are installed (LiteMedSAM always: its packages are installed on first Start)."""
+    import importlib.util
+
+    return [name for name, module in TOOL_MODULES.items()
+            if module is None or importlib.util.find_spec(module) is not None]
 
 
 def default_log_folder() -> str:
@@ -35,15 +51,29 @@ class AgentSettings:
     checkpoint: str = ""
     device: str = ""
     policy: str = "builtin"
+    mllm_model: str = ""  # a local model folder for the MLLM policy ...
+    mllm_endpoint: str = ""  # ... or an OpenAI-compatible endpoint URL with a model name
+    mllm_model_name: str = ""
     max_actions: int = 5
-    window: str = "view"
+    window: str = "auto"
     protect_other_segments: bool = True
-    log_enabled: bool = True
+    log_enabled: bool = False  # opt-in: logs hold slice images, file paths and DICOM UIDs
     log_folder: str = ""
     autopilot_interval_ms: int = 300
 
     def resolved_log_folder(self) -> str:
         return self.log_folder or default_log_folder()
+
+    def policy_options(self) -> dict:
+        """Keyword options for ``registry.make_policy`` from the panel's fields; a missing one is named."""
+        if self.policy != "mllm":
+            return {}
+        if self.mllm_model:
+            return {"model": self.mllm_model}
+        if self.mllm_endpoint and self.mllm_model_name:
+            return {"endpoint": self.mllm_endpoint, "model_name": self.mllm_model_name}
+        raise ValueError("the MLLM policy needs a model folder, or an endpoint URL and a model name: fill them "
+                         "in under Agent")
 
 
 def _key(name: str) -> str:

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .actions import Action, Box, Point, Stop
-from .images import take_slice, to_rgb
+from ..actions import Action, Box, Point, Stop
+from ..images import CT_WINDOWS, normalise_volume, take_slice, to_rgb
 
 IJK_AXIS_NAMES = ("I", "J", "K")
 
@@ -239,9 +239,16 @@ def slice_geometry(volume_node, slice_node) -> SliceGeometry:
     image_data = volume_node.GetImageData() if volume_node is not None else None
     if image_data is None:
         raise SliceGeometryError("the input volume has no image data")
-    dims = tuple(int(d) for d in image_data.GetDimensions())
-    ijk_to_ras = ijk_to_world(volume_node)
-    slice_to_ras = vtk_matrix_to_numpy(slice_node.GetSliceToRAS())
+    return plane_geometry(
+        tuple(int(d) for d in image_data.GetDimensions()), ijk_to_world(volume_node),
+        vtk_matrix_to_numpy(slice_node.GetSliceToRAS()), orientation=slice_node.GetOrientationString() or "",
+        view=slice_node.GetName() or "", volume_name=volume_node.GetName())
+
+
+def plane_geometry(dims: tuple[int, int, int], ijk_to_ras: np.ndarray, slice_to_ras: np.ndarray, *,
+                   orientation: str = "", view: str = "", volume_name: str = "volume") -> SliceGeometry:
+    """The voxel slice a view with this SliceToRAS matrix shows (pure numpy: the browser app uses it to show
+    volumes as Slicer's views do)."""
     right, up, normal = (_unit(slice_to_ras[:3, c]) for c in range(3))
     centre = slice_to_ras[:3, 3]
     directions = [_unit(ijk_to_ras[:3, a]) for a in range(3)]
@@ -252,8 +259,8 @@ def slice_geometry(volume_node, slice_node) -> SliceGeometry:
     index = int(np.floor(centre_ijk[axis] + 0.5))
     if not 0 <= index < dims[axis]:
         raise SliceGeometryError(
-            f"the {slice_node.GetName()} view shows {IJK_AXIS_NAMES[axis]}={centre_ijk[axis]:.1f}, outside the "
-            f"volume '{volume_node.GetName()}' (0..{dims[axis] - 1}): scroll the view into the volume")
+            f"the {view} view shows {IJK_AXIS_NAMES[axis]}={centre_ijk[axis]:.1f}, outside the "
+            f"volume '{volume_name}' (0..{dims[axis] - 1}): scroll the view into the volume")
     others = [a for a in range(3) if a != axis]
     right_alignment = [abs(float(np.dot(directions[a], right))) for a in others]
     col_axis = others[int(np.argmax(right_alignment))]
@@ -262,38 +269,39 @@ def slice_geometry(volume_node, slice_node) -> SliceGeometry:
     row_flip = float(np.dot(directions[row_axis], -up)) < 0
     return SliceGeometry(
         dims=dims, axis=axis, index=index, col_axis=col_axis, row_axis=row_axis, col_flip=col_flip,
-        row_flip=row_flip, ijk_to_ras=ijk_to_ras, orientation=slice_node.GetOrientationString() or "",
-        view=slice_node.GetName() or "", obliquity_deg=obliquity,
+        row_flip=row_flip, ijk_to_ras=ijk_to_ras, orientation=orientation, view=view, obliquity_deg=obliquity,
     )
 
 
 # -- intensities --------------------------------------------------------------------------------------------
-def display_window(volume_node) -> Optional[tuple[float, float]]:
-    """The window the clinician sees (the display node's window/level), as (low, high); None if unset."""
-    display = volume_node.GetDisplayNode() if volume_node is not None else None
-    if display is None or not hasattr(display, "GetWindow"):
-        return None
-    window, level = float(display.GetWindow()), float(display.GetLevel())
-    if window <= 0:
-        return None
-    return level - window / 2.0, level + window / 2.0
+CT_LIKE_HU = (-500.0, 300.0)  # a volume whose intensities reach below air-ish and above soft tissue is CT
 
 
-def engine_image(volume_node, geometry: SliceGeometry, window: str = "view") -> np.ndarray:
-    """The engine's HxWx3 uint8 image of the slice.
+def looks_like_ct(array: np.ndarray) -> bool:
+    """Hounsfield-like intensities (air near -1000, bone above 300): the "auto" intensity choice's test."""
+    if not np.issubdtype(array.dtype, np.number) or array.size == 0:
+        return False
+    sample = array[::4, ::4, ::4] if array.ndim == 3 else array
+    return float(sample.min()) <= CT_LIKE_HU[0] and float(sample.max()) >= CT_LIKE_HU[1]
 
-    ``window``: ``view`` uses the view's window/level (what the clinician sees; percentiles if none is set),
-    ``auto`` the protocol's percentiles, or a CT window name from ``images.CT_WINDOWS``.
-    """
-    import slicer
 
-    array = slicer.util.arrayFromVolume(volume_node)
+def model_volume(array: np.ndarray, window: str = "auto") -> np.ndarray:
+    """The whole volume as the model sees it (uint8, (k, j, i)): one mapping for every slice, whatever the
+    views' display window/level (which changes what the model sees and so the result). ``window``: "auto"
+    (a soft-tissue CT window for CT-like volumes, else percentiles), "percentiles", or a CT window name.
+    The mapping itself is ``images.normalise_volume``, shared with the engine's volume sessions."""
     if array.ndim != 3:
-        raise SliceGeometryError(f"'{volume_node.GetName()}' is not a scalar volume (array {array.shape})")
-    raw = geometry.extract(array)
-    if window == "view":
-        low_high = display_window(volume_node)
-        return to_rgb(raw.astype(np.float32), window=low_high) if low_high else to_rgb(raw.astype(np.float32))
+        raise SliceGeometryError(f"the volume is not a scalar volume (array {array.shape})")
+    if window == "percentiles":
+        return normalise_volume(array)
     if window in ("auto", ""):
-        return to_rgb(raw.astype(np.float32))
-    return to_rgb(raw.astype(np.float32), modality="CT", window=window)
+        return normalise_volume(array, modality="CT") if looks_like_ct(array) else normalise_volume(array)
+    if window not in CT_WINDOWS:
+        raise SliceGeometryError(f"unknown intensity window {window!r}; choose auto, percentiles or one of "
+                                 f"{', '.join(CT_WINDOWS)}")
+    return normalise_volume(array, window=window)
+
+
+def engine_image(model_volume_kji: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
+    """The engine's HxWx3 uint8 image of the slice, from ``model_volume``'s output."""
+    return to_rgb(geometry.extract(model_volume_kji))

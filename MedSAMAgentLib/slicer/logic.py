@@ -20,15 +20,16 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import registry
-from .actions import Action, Box, Point, Stop, describe
-from .policies.base import PolicyError, Proposal
-from .session import Session, Step
-from .slicer_geometry import SliceGeometry, engine_image, slice_geometry
-from .slicer_markups import MarkupsError, SessionMarkups
-from .slicer_parameters import AgentSettings
-from .slicer_segments import SliceEdit, ensure_segment, restore_slice, write_slice
-from .trajectory import TrajectoryWriter
+from .. import registry
+from ..actions import Action, Box, Point, Stop, describe
+from ..policies.base import PolicyError, Proposal
+from ..session import Session, Step
+from .geometry import SliceGeometry, engine_image, model_volume, slice_geometry
+from .markups import MarkupsError, SessionMarkups
+from .parameters import AgentSettings
+from .segments import SliceEdit, ensure_segment, restore_region, restore_slice, write_region, write_slice
+from .segments import volume_extent as segments_volume_extent
+from ..trajectory import TrajectoryWriter
 
 
 class AgentLogicError(RuntimeError):
@@ -37,11 +38,16 @@ class AgentLogicError(RuntimeError):
 
 @dataclass
 class Work:
-    """One operation: ``compute`` may run off the GUI thread; ``apply`` must run on it, after compute."""
+    """One operation: ``compute`` may run off the GUI thread; ``apply`` must run on it, after compute.
+    ``epoch`` is the logic's session counter when the work was made: a result that comes back after the
+    session was closed (scene closed, new Start) is dropped instead of being written into a scene it does
+    not belong to (``AgentLogic.apply``)."""
 
     label: str
     compute: Callable[[], Any]
     apply: Callable[[Any], Any]
+    epoch: int = 0
+    long: bool = False  # may take seconds (first model load, encoding): the widget shows a modal progress
 
 
 def volume_identity(volume_node) -> dict:
@@ -96,7 +102,9 @@ class AgentLogic:
         self.tool_factory = tool_factory
         self.policy_factory = policy_factory
         self._tools: dict[tuple, Any] = {}
+        self._model_volume: tuple[Optional[tuple], Optional[np.ndarray]] = (None, None)
         self.markups: Optional[SessionMarkups] = None
+        self.epoch = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -107,6 +115,7 @@ class AgentLogic:
         self.segment_id = ""
         self.settings = AgentSettings()
         self.edits: list[Optional[SliceEdit]] = []
+        self.volume_edits: list[list] = []  # one list of RegionEdits per propagation
         self.writer: Optional[TrajectoryWriter] = None
         self.log_path: Optional[Path] = None
         self.identity: dict = {}
@@ -131,12 +140,39 @@ class AgentLogic:
         return self._tools[key]
 
     # -- running work -------------------------------------------------------------------------------------
-    @staticmethod
-    def run(work: Optional[Work]) -> Any:
+    def _work(self, label: str, compute: Callable[[], Any], apply: Callable[[Any], Any], long: bool = False) -> Work:
+        return Work(label, compute, apply, epoch=self.epoch, long=long)
+
+    def apply(self, work: Work, result: Any) -> Any:
+        """Finish ``work`` on the GUI thread with its computed ``result``, unless its session is gone."""
+        if work.epoch != self.epoch:
+            raise AgentLogicError("the session was closed while the model was running: its result was dropped")
+        return work.apply(result)
+
+    def run(self, work: Optional[Work]) -> Any:
         """Do a piece of work synchronously (tests, the self-test, scripts)."""
         if work is None:
             return None
-        return work.apply(work.compute())
+        return self.apply(work, work.compute())
+
+    def image_volume(self, volume_node, window: str) -> Callable[[], np.ndarray]:
+        """A function (safe off the GUI thread) giving the volume as the model sees it; the array is copied
+        here, on the GUI thread, and the normalised volume is kept for the next Start on the same volume."""
+        import slicer
+
+        image = volume_node.GetImageData()
+        key = (volume_node.GetID(), image.GetMTime() if image is not None else 0, window)
+        cached_key, cached = self._model_volume
+        if cached_key == key and cached is not None:
+            return lambda: cached
+        array = np.array(slicer.util.arrayFromVolume(volume_node))
+
+        def compute() -> np.ndarray:
+            volume = model_volume(array, window)
+            self._model_volume = (key, volume)
+            return volume
+
+        return compute
 
     def _extra(self, applied: Optional[Action], proposal: Optional[Proposal], how: str = "") -> dict:
         geometry = self.geometry
@@ -158,25 +194,27 @@ class AgentLogic:
         """Start a session on the slice ``slice_node`` shows. The clinician's clicks/box already placed in
         the session's markups start it (as hints); otherwise the agent proposes its own first action, if the
         policy can."""
-        if self.active:
-            self.abandon()
         if volume_node is None or segmentation_node is None:
             raise AgentLogicError("choose an input volume and a segmentation first")
         geometry = slice_geometry(volume_node, slice_node)
-        image = engine_image(volume_node, geometry, settings.window)
+        try:
+            options = {**settings.policy_options(), **(policy_options or {})}
+        except ValueError as error:
+            raise AgentLogicError(str(error)) from None
+        if settings.policy == "oracle" and ground_truth is not None:
+            options.setdefault("ground_truth", ground_truth)
+        volume_image = self.image_volume(volume_node, settings.window)
+        if self.active:  # a new Start: keep the prompts placed since the last one, close the old session
+            carried = self.markups.new_inputs()
+            self.abandon()
+            self.input_markups().put_inputs(carried)
         segment_id = ensure_segment(segmentation_node, volume_node, settings.segment_id,
                                     settings.target or "MedSAMAgent")
         markups = self.input_markups()
         placed = self._placed_inputs(markups, geometry)
-        options = dict(policy_options or {})
-        if settings.policy == "oracle" and ground_truth is not None:
-            options.setdefault("ground_truth", ground_truth)
-        policy = self.policy_factory(settings.policy, **options)
-        if not placed and getattr(policy, "needs_hint", False):
-            raise AgentLogicError(f"the '{settings.policy}' policy needs a first click or box from you: place a "
-                                  "positive click (or draw a box) on the target, then press Start")
         identity = volume_identity(volume_node)
         self._reset()
+        self.epoch += 1
         settings.segment_id = segment_id  # later Starts write into the same segment
         self.volume_node, self.segmentation_node, self.segment_id = volume_node, segmentation_node, segment_id
         self.geometry, self.markups, self.settings, self.identity = geometry, markups, settings, identity
@@ -198,6 +236,11 @@ class AgentLogic:
         hints = [self._extra(action, None, how) for action, how in placed]
 
         def compute():
+            policy = self.policy_factory(settings.policy, **options)
+            if not placed and getattr(policy, "needs_hint", False):
+                raise AgentLogicError(f"the '{settings.policy}' policy needs a first click or box from you: "
+                                      "place a positive click (or draw a box) on the target, then press Start")
+            image = engine_image(volume_image(), geometry)
             tool = self.tool(settings)
             session = Session(tool, policy, image, target=settings.target, ground_truth=ground_truth,
                               log=self.writer, max_actions=settings.max_actions, meta=meta)
@@ -216,7 +259,7 @@ class AgentLogic:
             self.last_status = "proposed" if proposal else "started"
             return self.last_status
 
-        return Work("Encoding the slice", compute, apply)
+        return self._work("Encoding the slice", compute, apply, long=True)
 
     def input_markups(self) -> SessionMarkups:
         """The markups the clinician clicks into (also before Start: the first click or box)."""
@@ -262,7 +305,7 @@ class AgentLogic:
             raise AgentLogicError("there is no proposal to accept: press Continue to ask the agent")
         proposal = session.pending
         extra = self._extra(proposal.action, proposal)
-        return Work("Applying the proposal", lambda: session.accept(extra=extra), self._apply_step)
+        return self._work("Applying the proposal", lambda: session.accept(extra=extra), self._apply_step)
 
     def override_work(self) -> Work:
         """The clinician's edit replaces the proposal (or, with none pending, is placed as a new prompt)."""
@@ -279,14 +322,14 @@ class AgentLogic:
             compute = lambda: session.override(action, extra=extra)  # noqa: E731
         else:
             compute = lambda: session.place(action, extra=extra)  # noqa: E731
-        return Work("Applying your correction", compute, self._apply_step)
+        return self._work("Applying your correction", compute, self._apply_step)
 
     def reject_work(self) -> Work:
         session = self._require_session()
         if session.pending is None:
             raise AgentLogicError("there is no proposal to reject")
         extra = self._extra(None, session.pending, "rejected the proposal")
-        return Work("Rejecting", lambda: session.reject(extra=extra), self._apply_step)
+        return self._work("Rejecting", lambda: session.reject(extra=extra), self._apply_step)
 
     def flip_proposal(self) -> None:
         self._require_session()
@@ -316,7 +359,7 @@ class AgentLogic:
                 self.last_status = "stopped" if isinstance(step.applied, Stop) else "applied"
                 return self.last_status
 
-            return Work("Agent step", work.compute, apply)
+            return self._work("Agent step", work.compute, apply)
         if session.stopped:
             self.last_status = "stopped"
             return None
@@ -336,7 +379,7 @@ class AgentLogic:
             self.last_status = "proposed" if proposal else f"paused: {error}"
             return self.last_status
 
-        return Work("Agent thinking", compute, apply)
+        return self._work("Agent thinking", compute, apply)
 
     def continue_(self, max_ticks: int = 50) -> str:
         """Autopilot until the agent stops, reaches the limit or pauses (synchronous; the widget ticks
@@ -349,6 +392,62 @@ class AgentLogic:
             if status.startswith("paused"):
                 break
         return self.last_status
+
+    # -- 3D propagation -----------------------------------------------------------------------------------
+    def propagate_work(self, direction: Optional[int] = None, until: Optional[int] = None,
+                       cancel: Optional[Callable[[], bool]] = None) -> Work:
+        """Carry the current slice's mask through the volume (``propagation.VolumeSession``: the box of the
+        neighbour's mask on each next slice, until the stop rule, the edge or ``until``) and write the other
+        slices of the segment as one 3D region per side (changed voxels only, other segments protected as
+        set). The session's own slice is left as it is. ``undo_propagation`` takes it back exactly."""
+        session = self._require_session()
+        if not session.mask.any():
+            raise AgentLogicError("nothing to propagate: segment this slice first")
+        from ..propagation import VolumeSession
+        from ..volumes import Volume
+
+        geometry, settings = self.geometry, self.settings
+        volume_image = self.image_volume(self.volume_node, settings.window)
+        axis = 2 - geometry.axis  # the slice axis in (k, j, i) arrays
+        rows, cols = np.nonzero(geometry.to_ijk_plane(session.mask))  # the plane in the volume's own order
+        key_box = Box(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+
+        def compute():
+            volume = Volume.from_array(volume_image(), axis=axis, name=self.volume_node.GetName())
+            engine = VolumeSession(self.tool(settings), volume, target=settings.target, prefetch=0)
+            try:
+                engine.start(geometry.index, key_box)
+                operations = engine.propagate(direction, until=until, cancel=cancel)
+                return engine.mask(), sorted({i for op in operations for i in op.changed} - {geometry.index}), \
+                    [op.run.stop_reason for op in operations if getattr(op, "run", None) is not None]
+            finally:
+                engine.close()
+
+        def apply(result):
+            mask, changed, reasons = result
+            edits = []
+            for side in ([i for i in changed if i < geometry.index], [i for i in changed if i > geometry.index]):
+                if not side:
+                    continue
+                extent = list(segments_volume_extent(self.volume_node))
+                extent[2 * geometry.axis], extent[2 * geometry.axis + 1] = side[0], side[-1]
+                values = mask[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
+                edits.append(write_region(self.segmentation_node, self.segment_id, self.volume_node, extent, values,
+                                          settings.protect_other_segments))
+            self.volume_edits.append(edits)
+            self.last_status = (f"propagated to {len(changed)} slices" if changed else "nothing propagated") + \
+                ("".join(f"; {r}" for r in reasons if r))
+            return self.last_status
+
+        return self._work("Propagating through the volume", compute, apply, long=True)
+
+    def undo_propagation(self) -> bool:
+        """Take back the last propagation: those slices get back exactly what they held."""
+        if not self.volume_edits:
+            return False
+        for edit in reversed(self.volume_edits.pop()):
+            restore_region(self.segmentation_node, self.segment_id, self.volume_node, edit)
+        return True
 
     # -- undo / finish ------------------------------------------------------------------------------------
     def undo(self, count: int = 1) -> int:
@@ -375,6 +474,7 @@ class AgentLogic:
         return self._close()
 
     def _close(self) -> Optional[Path]:
+        self.epoch += 1  # work still running for this session is dropped when it comes back
         path = self.log_path
         if self.markups is not None:
             self.markups.remove_all()

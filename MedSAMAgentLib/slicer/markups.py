@@ -23,10 +23,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import colors
-from .actions import Action, Box, Point, Stop
-from .colors import as_float
-from .slicer_geometry import SliceGeometry, numpy_to_vtk_matrix, vtk_matrix_to_numpy
+from .. import colors
+from ..actions import Action, Box, Point, Stop
+from ..colors import as_float
+from .geometry import SliceGeometry, numpy_to_vtk_matrix, vtk_matrix_to_numpy
 
 ROLE_ATTRIBUTE = "MedSAMAgent.Role"
 COLOURS = {
@@ -260,6 +260,37 @@ class SessionMarkups:
                 what.append("flipped")
             return self.point_action(proposal, 0, geometry, positive), " and ".join(what) + " the proposed point"
         return None
+
+    def new_inputs(self) -> dict:
+        """The clinician's prompts placed since the markups were last drawn, in world RAS: the points per
+        sign and the box if it was drawn or changed. A new Start carries them over (``put_inputs``)."""
+        carried: dict = {"positive": [], "negative": [], "box": None}
+        for role in ("positive", "negative"):
+            node = self.node(role)
+            for index in range(self._snapshot.counts.get(role, 0), node.GetNumberOfControlPoints()):
+                ras = [0.0, 0.0, 0.0]
+                node.GetNthControlPointPositionWorld(index, ras)
+                carried[role].append(ras)
+        box = self.node("box")
+        if box.GetNumberOfControlPoints() and self._roi_state(box) != self._snapshot.box:
+            centre, size = [0.0] * 3, [0.0] * 3
+            box.GetCenterWorld(centre)
+            box.GetSize(size)
+            carried["box"] = (centre, size, vtk_matrix_to_numpy(box.GetObjectToNodeMatrix()))
+        return carried
+
+    def put_inputs(self, carried: dict) -> None:
+        """Place prompts taken with ``new_inputs`` (into this session's nodes)."""
+        for role in ("positive", "negative"):
+            node = self.node(role)
+            for ras in carried.get(role, []):
+                node.AddControlPointWorld(*ras)
+        if carried.get("box") is not None:
+            centre, size, matrix = carried["box"]
+            node = self.node("box")
+            node.SetAndObserveObjectToNodeMatrix(numpy_to_vtk_matrix(matrix))
+            node.SetCenterWorld(*centre)
+            node.SetSize(*size)
 
     def placed_inputs(self, geometry: SliceGeometry) -> Optional[tuple[Action, str]]:
         """The clinician's starting click or box (before any proposal): same rules as ``read_edit``."""

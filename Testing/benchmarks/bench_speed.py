@@ -1,0 +1,230 @@
+"""Interactive speed of the built-in tool (issue 17), on real images from ../shared/data, as ratios measured
+side by side (the machine may be shared: absolute times move, ratios in one run hold).
+
+    .venv/bin/python Testing/benchmarks/bench_speed.py [--baseline DIR] [--cases 12] [--repeats 2] [--demo-runs 3] [--large 6]
+
+1. In this process: LiteMedSAM's embedding on OpenVINO against eager torch (interleaved, per image), and the
+   click protocol (box + 19 oracle clicks) with each encoder: every Dice must agree within 0.002.
+2. With ``--baseline DIR`` (a worktree of the previous commit: ``git worktree add /tmp/base17 HEAD``):
+   ``speed_worker.py`` runs alternately on this tree and on DIR, each in its own process as the command line
+   would run it: decoder call and per-click time (CPU and wall), median ratio baseline / this tree, and the
+   CPU per click on 1024-pixel images (real 512-pixel ones resized); then ``medsam-agent demo`` end to end
+   (one process each, wall), alternately, after one warm-up run of each tree (this tree's export is cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from MedSAMAgentLib.tools.runtime import quiet_threads  # noqa: E402
+
+quiet_threads()  # as the command line does, before torch is imported
+
+import numpy as np  # noqa: E402
+
+from MedSAMAgentLib.evaluation import load_cases, run_clicks  # noqa: E402
+from MedSAMAgentLib.manifest import SHARED_DATA, read_manifest  # noqa: E402
+
+COLLECTIONS = ("medscribble", "sam-med2d", "volumes")  # the shared set's original 2D rows
+DICE_TOLERANCE = 0.002
+WORKER = Path(__file__).with_name("speed_worker.py")
+
+
+def pick_cases(count: int):
+    """``count`` cases spread over the groups (every k-th row), plus every 512-pixel one for the 1024 check."""
+    rows = [c for c in read_manifest(SHARED_DATA / "manifest.jsonl") if c.id.split("/", 1)[0] in COLLECTIONS]
+    tasks, _ = load_cases(rows)
+    step = max(1, len(tasks) // count)
+    chosen = tasks[::step][:count]
+    big = [t for t in tasks if max(t.image.shape[:2]) >= 512]
+    return chosen, big
+
+
+def at_1024(task):
+    """A real case resized to 1024 pixels on its longer side (bilinear image, nearest mask)."""
+    from PIL import Image
+
+    from MedSAMAgentLib.manifest import LoadedCase
+
+    h, w = task.image.shape[:2]
+    size = (w * 1024 // max(h, w), h * 1024 // max(h, w))
+    image = np.asarray(Image.fromarray(task.image).resize(size, Image.BILINEAR))
+    truth = np.asarray(Image.fromarray(task.ground_truth.astype(np.uint8)).resize(size, Image.NEAREST)) > 0
+    return LoadedCase(task.case, image, truth)
+
+
+def large_cases(count: int):
+    """Up to ``count`` 2D cases of the whole shared manifest with sides >= 512, resized to 1024 (above the
+    refinement's grid cap)."""
+    rows = [c for c in read_manifest(SHARED_DATA / "manifest.jsonl") if c.dims == 2]
+    tasks, _ = load_cases(rows)
+    return [at_1024(t) for t in tasks if max(t.image.shape[:2]) >= 512][:count]
+
+
+def embedding_and_dice(tasks) -> None:
+    from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
+
+    eager, fast = LiteMedSAM(device="cpu", runtime="torch"), LiteMedSAM(device="cpu", runtime="openvino")
+    start = time.perf_counter()
+    fast.set_image(tasks[0].image, key="warm-up")  # the export (first use) or the cached model's compile
+    print(f"OpenVINO encoder ready in {time.perf_counter() - start:.1f} s (backend: {fast.backend})")
+    eager.set_image(tasks[0].image, key="warm-up")
+    ratios, rows = [], []
+    for i, task in enumerate(tasks):
+        times = {}
+        for name, tool in (("eager", eager), ("openvino", fast)):
+            start = time.perf_counter()
+            tool.set_image(task.image, key=f"timing-{i}")
+            times[name] = time.perf_counter() - start
+        ratios.append(times["eager"] / times["openvino"])
+        a, b = run_clicks(task, eager), run_clicks(task, fast)
+        worst = float(np.max(np.abs(np.array(a.dice) - np.array(b.dice))))
+        rows.append((task.case.id, times["eager"], times["openvino"], ratios[-1], a.dice[5], b.dice[5], worst))
+    print(f"\n{'case':44s} {'eager s':>8s} {'OV s':>7s} {'ratio':>6s} {'Dice@5 eager':>12s} {'Dice@5 OV':>9s} "
+          f"{'max |dDice|':>11s}")
+    for case, te, to, ratio, de, do, worst in rows:
+        print(f"{case[:44]:44s} {te:8.2f} {to:7.2f} {ratio:6.2f} {de:12.4f} {do:9.4f} {worst:11.5f}")
+    worst = max(r[-1] for r in rows)
+    print(f"embedding: median ratio eager / OpenVINO {np.median(ratios):.2f} over {len(rows)} images; "
+          f"max |Dice difference| over all 20 steps of all cases {worst:.5f} "
+          f"({'within' if worst <= DICE_TOLERANCE else 'OUTSIDE'} {DICE_TOLERANCE})")
+
+
+def capped_refinement(large) -> None:
+    """Click refinement with the geodesic on the capped grid (as shipped) against the full-resolution grid, on
+    the shared set's images larger than the cap (every collection), click protocol."""
+    from MedSAMAgentLib.refinement import DEFAULT_SETTINGS, ClickRefiner
+    from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
+
+    tool = LiteMedSAM(device="cpu")
+    variants = {"capped": DEFAULT_SETTINGS, "full grid": replace(DEFAULT_SETTINGS, grid_cap=1 << 30)}
+    dices: dict[str, list] = {name: [] for name in variants}
+    ms: dict[str, list] = {name: [] for name in variants}
+    for task in large:
+        for name, settings in variants.items():
+            tool._refiner = ClickRefiner(settings)
+            result = run_clicks(task, tool)
+            dices[name].append(result.dice)
+            ms[name] += result.prompt_ms[1:]
+    print(f"\nclick refinement on {len(large)} real images resized to 1024 px (grid cap "
+          f"{DEFAULT_SETTINGS.grid_cap}):")
+    for name in variants:
+        d = np.array(dices[name])
+        print(f"  {name:10s} Dice@0 {d[:, 0].mean():.4f} @1 {d[:, 1].mean():.4f} @5 {d[:, 5].mean():.4f} "
+              f"@19 {d[:, -1].mean():.4f}; median ms per click {np.median(ms[name]):.0f}")
+    change = np.array(dices["capped"])[:, 5] - np.array(dices["full grid"])[:, 5]
+    print(f"  Dice@5 capped - full grid: mean {change.mean():+.4f}, worst case {change.min():+.4f}")
+
+
+def write_cases(tasks, big, folder: Path) -> None:
+    items = [(t.image, t.ground_truth) for t in tasks]
+    items += [(t.image, t.ground_truth) for t in map(at_1024, big)]  # the size the per-click budget is set at
+    for i, (image, truth) in enumerate(items):
+        np.save(folder / f"{i:03d}_image.npy", image)
+        np.save(folder / f"{i:03d}_truth.npy", truth)
+
+
+def run_tree(tree: Path, args: list[str], cwd: Path) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "MEDSAM_AGENT_RUNTIME")}
+    env["PYTHONPATH"] = str(tree)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *args], cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def side_by_side(baseline: Path, tasks, big, repeats: int, demo_runs: int) -> None:
+    trees = {"this tree": ROOT, "baseline": baseline}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cases = tmp / "cases"
+        cases.mkdir()
+        write_cases(tasks, big, cases)
+        runs: dict[str, list[dict]] = {name: [] for name in trees}
+        for r in range(repeats):
+            for name, tree in trees.items():
+                out = tmp / f"{name.replace(' ', '_')}_{r}.json"
+                run_tree(tree, [str(WORKER), str(cases), str(out)], tmp)
+                runs[name].append(json.loads(out.read_text()))
+        per_case = {}
+        for name, records in runs.items():
+            cases_seen = {}
+            for record in records:
+                for c in record["cases"]:
+                    entry = cases_seen.setdefault(c["name"], {"side": c["side"], "decode": [], "cpu": [], "wall": [],
+                                                              "encode": []})
+                    entry["decode"].append(c["decode_s"])
+                    entry["cpu"] += c["click_cpu_s"]
+                    entry["wall"] += c["click_wall_s"]
+                    entry["encode"].append(c["encode_s"])
+            per_case[name] = cases_seen
+        new, old = per_case["this tree"], per_case["baseline"]
+        names = sorted(new)
+
+        def ratio(field: str, subset=None) -> float:
+            return float(np.median([np.median(old[n][field]) / np.median(new[n][field]) for n in (subset or names)
+                                    if old[n][field] and new[n][field]]))
+
+        print(f"\nside by side with {baseline} ({repeats} alternating runs per tree, {len(names)} images)")
+        print(f"{'':30s} {'baseline':>9s} {'this tree':>9s} {'ratio':>6s}")
+        for label, field in (("embedding s", "encode"), ("decoder call s", "decode"), ("click CPU s", "cpu"),
+                             ("click wall s", "wall")):
+            b = np.median([np.median(old[n][field]) for n in names if old[n][field]])
+            t = np.median([np.median(new[n][field]) for n in names if new[n][field]])
+            print(f"{label:30s} {b:9.3f} {t:9.3f} {ratio(field):6.2f}")
+        large = [n for n in names if new[n]["side"] >= 1024]
+        if large:  # the median over all clicks on these images
+            cpu_new = np.median([v for n in large for v in new[n]["cpu"]]) * 1000
+            cpu_old = np.median([v for n in large for v in old[n]["cpu"]]) * 1000
+            print(f"per click at 1024 px ({len(large)} images): CPU {cpu_old:.0f} ms baseline, {cpu_new:.0f} ms this "
+                  f"tree (ratio {ratio('cpu', large):.2f}); wall {np.median([v for n in large for v in old[n]['wall']]) * 1000:.0f}"
+                  f" / {np.median([v for n in large for v in new[n]['wall']]) * 1000:.0f} ms")
+        demo = {name: [] for name in trees}
+        for name, tree in trees.items():  # warm-up: file caches, this tree's compiled model
+            run_tree(tree, ["-m", "MedSAMAgentLib.cli", "demo", "--out", str(tmp / "demo_warm")], tmp)
+        for r in range(demo_runs):
+            for name, tree in trees.items():
+                demo[name].append(run_tree(tree, ["-m", "MedSAMAgentLib.cli", "demo", "--out",
+                                                  str(tmp / f"demo_{r}")], tmp))
+        b, t = np.median(demo["baseline"]), np.median(demo["this tree"])
+        print(f"demo end to end (wall, {demo_runs} alternating runs): baseline {b:.1f} s "
+              f"{np.round(demo['baseline'], 1).tolist()}, this tree {t:.1f} s {np.round(demo['this tree'], 1).tolist()}; "
+              f"this tree / baseline {t / b:.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, help="worktree of the code to compare with")
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--demo-runs", type=int, default=3)
+    parser.add_argument("--skip-embedding", action="store_true")
+    parser.add_argument("--large", type=int, default=0,
+                        help="also compare capped / full-grid click refinement on this many large images")
+    args = parser.parse_args()
+    if not (SHARED_DATA / "manifest.jsonl").exists():
+        print(f"no {SHARED_DATA / 'manifest.jsonl'}: skipping", file=sys.stderr)
+        return 0
+    tasks, big = pick_cases(args.cases)
+    if not args.skip_embedding:
+        embedding_and_dice(tasks)
+    if args.large:
+        capped_refinement(large_cases(args.large))
+    if args.baseline:
+        side_by_side(args.baseline.resolve(), tasks, big, args.repeats, args.demo_runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
