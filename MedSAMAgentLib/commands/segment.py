@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     where = f" (slice {mapping.axis}:{mapping.index})" if mapping else ""
     print(f"wrote {out}: {int(prediction.mask.sum())} foreground pixels of {w}x{h}{where}, "
           f"confidence {prediction.score:.2f}")
-    if getattr(prediction, "repaired_click", False):
+    if prediction.repaired_click:
         print("note: the tool's mask missed the last positive click; the clicked region was added (tools.guard)")
     return 0
 

@@ -35,6 +35,7 @@ class Prediction:
     score: float
     candidates: list[np.ndarray] = field(default_factory=list)
     probability: Optional[np.ndarray] = None  # per-pixel foreground probability, where the tool has one
+    repaired_click: bool = False  # the tool missed a positive click's pixel and tools/guard.py added it
 
 
 @runtime_checkable

@@ -57,9 +57,8 @@ def ensure_click_in_mask(prediction: Prediction, click: Point) -> Prediction:
     probability = prediction.probability
     if probability is not None:
         probability = np.where(added, np.maximum(probability, 0.5), probability)
-    result = Prediction(repaired, prediction.logits, prediction.score, list(prediction.candidates), probability)
-    result.repaired_click = True  # type: ignore[attr-defined]
-    return result
+    return Prediction(repaired, prediction.logits, prediction.score, list(prediction.candidates), probability,
+                      repaired_click=True)
 
 
 class GuardedTool:
