@@ -28,7 +28,7 @@ import numpy as np
 
 from .actions import Box, Point
 from .metrics import iou
-from .policies.oracle import corrective_clicks
+from .policies.oracle import corrective_clicks, gt_box
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,11 @@ class SliceSignal:
 
 def neighbour_box(neighbour: np.ndarray, margin: int) -> Optional[Box]:
     """The neighbour mask's bounding box grown by ``margin`` pixels, inside the image; None if it is empty."""
-    ys, xs = np.nonzero(neighbour)
-    if ys.size == 0:
+    if not neighbour.any():
         return None
-    h, w = neighbour.shape
-    return Box(max(0, int(xs.min()) - margin), max(0, int(ys.min()) - margin),
-               min(w - 1, int(xs.max()) + margin), min(h - 1, int(ys.max()) + margin))
+    box, (h, w) = gt_box(neighbour), neighbour.shape
+    return Box(max(0, box.x1 - margin), max(0, box.y1 - margin), min(w - 1, box.x2 + margin),
+               min(h - 1, box.y2 + margin))
 
 
 def neighbour_clicks(mask: np.ndarray, neighbour: np.ndarray, rules: PropagationRules) -> list[Point]:

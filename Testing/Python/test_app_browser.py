@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from MedSAMAgentLib import colors  # noqa: E402
 from MedSAMAgentLib.manifest import bundled_manifest, load_case  # noqa: E402
 from MedSAMAgentLib.metrics import dice  # noqa: E402
 from MedSAMAgentLib.trajectory import read_episodes  # noqa: E402
+from fault_server import free_port  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -62,12 +62,6 @@ PIXELS_JS = """([mask, amber]) => {
   }
   return {src: img.src, width: c.width, height: c.height, tinted, edge, proposal, lit, checksum: sum};
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
