@@ -6,7 +6,14 @@
   after each interaction (index 0 = the box), NoC@85/90 (AGENT_PROTOCOL.md, "Metrics") and timings.
 - ``agent``: ``Session.run`` with ``reviewers.SimulatedClinician`` until stop or the action limit; a policy
   that ``needs_hint`` starts from the clinician's hint. Reports the final Dice/IoU, the agent's and the
-  clinician's box/point actions (stop not counted) and the share of proposals the clinician accepted.
+  clinician's box/point actions (stop not counted) and the share of proposals the clinician accepted. Then
+  the clinician's effort: the episode goes on (same session, same reviewer) up to ``effort_steps`` box/point
+  actions in all, and ``clinician_noc85/90`` count the clinician's actions (the hint, overrides and
+  corrections; an accept costs none) until IoU first reaches 0.85 / 0.90, ``effort_steps`` (20) when it does
+  not (``metrics.clinician_effort``). Next to them, the clinician alone on the same cases (the click protocol
+  run with the same tool: ``alone_noc85/90`` and ``alone_dice_at_steps``, its Dice after as many interactions
+  as the protocol's action limit). The continuation is not logged and is undone before the episode ends, so
+  the trajectory log and the final Dice/IoU are those of the protocol's episode.
 
 Cases are 2D tasks (``manifest.load_case``); rows that name no single target are skipped and listed. Groups
 are ``Case.group`` (the id without its last component).
@@ -28,13 +35,14 @@ import numpy as np
 from .actions import Action, Box, Point
 from .images import ImageLoadError
 from .manifest import Case, LoadedCase, load_case, read_manifest
-from .metrics import dice, iou, number_of_clicks
+from .metrics import clinician_effort, dice, iou, number_of_clicks
 from .tools.base import SegmentationTool
 from .outputs import OutputLock, atomic_path, write_text_atomic
 from .trajectory import TrajectoryWriter, prune_episode_images
 
 CLICK_INTERACTIONS = 20  # the box plus 19 clicks (AGENT_PROTOCOL.md: NoC counts at most 20)
 AGENT_MAX_STEPS = 5  # the protocol's action limit
+EFFORT_STEPS = 20  # the clinician-effort count goes on to this many box/point actions (as NoC: at most 20)
 WORST_CASES_SHOWN = 6
 
 
@@ -94,6 +102,11 @@ class AgentResult:
     actions: list[Action]
     final_mask: np.ndarray = field(repr=False, default=None)
     reason: str = ""  # why a paused episode paused
+    clinician_noc85: Optional[int] = None  # the clinician's actions until IoU 0.85 (None: not measured)
+    clinician_noc90: Optional[int] = None
+    alone_noc85: Optional[int] = None  # the clinician alone (click protocol) on the same case
+    alone_noc90: Optional[int] = None
+    alone_dice_at_steps: Optional[float] = None  # the clinician alone after max_steps interactions
 
 
 # -- cases ----------------------------------------------------------------------------------------------------
@@ -198,10 +211,11 @@ PolicyFactory = Callable[[LoadedCase], Any]  # a fresh policy for one case (orac
 
 def run_agent(task: LoadedCase, tool: SegmentationTool, policy, max_steps: int = AGENT_MAX_STEPS,
               seed: int = 0, log: Optional[TrajectoryWriter] = None,
-              manifest: Optional[str | Path] = None) -> AgentResult:
+              manifest: Optional[str | Path] = None, effort_steps: int = EFFORT_STEPS) -> AgentResult:
     """One episode: the policy proposes, the simulated clinician reviews, until stop or the limit. With a
     ``log``, the episode is written to it step by step and ended with its scores (not marked accepted: the
-    reviewer was simulated)."""
+    reviewer was simulated). With ``effort_steps`` (0: off) the episode then goes on to that many actions
+    for the clinician-effort count, and the click protocol runs on the case for the clinician alone."""
     from .reviewers import SimulatedClinician
     from .session import Session
 
@@ -216,29 +230,57 @@ def run_agent(task: LoadedCase, tool: SegmentationTool, policy, max_steps: int =
         session.place(reviewer.hint(), hint=True)
     try:
         status = session.run(reviewer)
+        reviewed = [s for s in session.steps if s.proposal is not None]
+        result = AgentResult(
+            task.case.id, task.case.group, gt.shape, dice(session.mask, gt), iou(session.mask, gt),
+            session.agent_actions, session.clinician_actions, len(reviewed),
+            sum(1 for s in reviewed if s.decision == "accept"), status, list(session.actions),
+            session.mask.copy(), reason=session.pause_reason if status == "paused" else "",
+        )
+        if effort_steps and status != "paused":
+            applied = _continue_for_effort(session, reviewer, effort_steps)
+            result.clinician_noc85 = clinician_effort(applied, 0.85, effort_steps)
+            result.clinician_noc90 = clinician_effort(applied, 0.90, effort_steps)
     except KeyboardInterrupt:
         session.finish(accepted=False, status="interrupted")
         raise
     session.finish(accepted=False, status=status)
-    reviewed = [s for s in session.steps if s.proposal is not None]
-    return AgentResult(
-        task.case.id, task.case.group, gt.shape, dice(session.mask, gt), iou(session.mask, gt),
-        session.agent_actions, session.clinician_actions, len(reviewed),
-        sum(1 for s in reviewed if s.decision == "accept"), status, list(session.actions), session.mask.copy(),
-        reason=session.pause_reason if status == "paused" else "",
-    )
+    if effort_steps and status != "paused":
+        alone = run_clicks(task, tool, max(effort_steps, max_steps))
+        result.alone_noc85, result.alone_noc90 = alone.noc85, alone.noc90
+        result.alone_dice_at_steps = alone.dice[max_steps - 1]
+    return result
+
+
+def _continue_for_effort(session, reviewer, effort_steps: int) -> list[tuple[bool, float]]:
+    """The episode's applied box/point actions ``(by_clinician, iou)`` when it goes on past the protocol's
+    limit (the clinician keeps correcting, the agent keeps proposing) until IoU 0.90, a stop the clinician
+    accepts, or ``effort_steps`` actions. The continuation is unlogged and undone: the session is left as the
+    protocol's episode ended."""
+    limit, log, first = session.max_actions, session.log, len(session.steps)
+    session.max_actions, session.log = max(limit, effort_steps), None
+    try:
+        while not session.stopped and not session.at_limit:
+            if any((s.iou or 0.0) >= 0.90 for s in session.steps):
+                break
+            if session.run(reviewer, max_proposals=1) == "paused":
+                break
+        return [(s.actor == "clinician", s.iou or 0.0) for s in session.steps if isinstance(s.applied, (Box, Point))]
+    finally:
+        session.undo(len(session.steps) - first)
+        session.max_actions, session.log = limit, log
 
 
 def evaluate_agent(tasks: Sequence[LoadedCase], tool: SegmentationTool, policy_factory: PolicyFactory,
                    max_steps: int = AGENT_MAX_STEPS, progress: bool = True,
                    log: Optional[TrajectoryWriter] = None, manifest: Optional[str | Path] = None,
-                   results: Optional[list] = None) -> list:
+                   results: Optional[list] = None, effort_steps: int = EFFORT_STEPS) -> list:
     """Each case's ``AgentResult``, or ``Failed`` when its episode did not run: the policy paused (server
     down, unusable answers) or a tool or policy error was raised. Appended to ``results`` as they finish."""
     results = [] if results is None else results
     for task in _progress(tasks, "agent", progress):
         result = _guarded(task, lambda: run_agent(task, tool, policy_factory(task), max_steps, log=log,
-                                                  manifest=manifest))
+                                                  manifest=manifest, effort_steps=effort_steps))
         if isinstance(result, AgentResult) and result.status == "paused":
             result = Failed(result.id, result.group, f"the policy paused: {result.reason}")
         results.append(result)
@@ -256,7 +298,18 @@ def summarize_agent(results: Sequence[AgentResult]) -> dict[str, Any]:
         "mean_agent_actions": round(float(np.mean([r.agent_actions for r in results])), 3),
         "mean_clinician_actions": round(float(np.mean([r.clinician_actions for r in results])), 3),
         "acceptance_rate": round(sum(r.accepted for r in results) / proposals, 4) if proposals else None,
+        **_effort_block(results),
     }
+
+
+def _effort_block(results: Sequence[AgentResult]) -> dict[str, Any]:
+    """Means of the clinician-effort fields over the cases that measured them (none: nothing)."""
+    block: dict[str, Any] = {}
+    for key in ("clinician_noc85", "clinician_noc90", "alone_noc85", "alone_noc90", "alone_dice_at_steps"):
+        values = [getattr(r, key) for r in results if getattr(r, key) is not None]
+        if values:
+            block[key] = round(float(np.mean(values)), 4 if key.endswith("steps") else 3)
+    return block
 
 
 # -- summary and report ---------------------------------------------------------------------------------------
@@ -300,7 +353,10 @@ def _case_rows(results: Sequence) -> list[dict[str, Any]]:
         else:
             row.update(final_dice=round(r.final_dice, 4), final_iou=round(r.final_iou, 4),
                        agent_actions=r.agent_actions, clinician_actions=r.clinician_actions,
-                       proposals=r.proposals, accepted=r.accepted, status=r.status)
+                       proposals=r.proposals, accepted=r.accepted, status=r.status,
+                       clinician_noc85=r.clinician_noc85, clinician_noc90=r.clinician_noc90,
+                       alone_noc85=r.alone_noc85, alone_noc90=r.alone_noc90,
+                       alone_dice_at_steps=None if r.alone_dice_at_steps is None else round(r.alone_dice_at_steps, 4))
         rows.append(row)
     return rows
 
@@ -391,7 +447,8 @@ def evaluate_manifest(manifest: str | Path, protocol: str, out: Optional[str | P
                       tool: Optional[SegmentationTool] = None, tool_name: str = "litemedsam",
                       checkpoint: Optional[str] = None, policy: Any = None, policy_name: Optional[str] = None,
                       max_steps: int = AGENT_MAX_STEPS, limit: Optional[int] = None,
-                      interactions: int = CLICK_INTERACTIONS, progress: bool = True) -> dict[str, Any]:
+                      interactions: int = CLICK_INTERACTIONS, progress: bool = True,
+                      effort_steps: int = EFFORT_STEPS) -> dict[str, Any]:
     """Load the manifest's cases, run ``protocol``, write the report under ``out`` (if given); the summary.
 
     Agent protocol: ``policy`` is a policy already made (a large model loads once; each session resets it),
@@ -428,7 +485,7 @@ def evaluate_manifest(manifest: str | Path, protocol: str, out: Optional[str | P
                 log = None if partial_log is None else _fresh_log(partial_log)
                 try:
                     evaluate_agent(tasks, tool, factory, max_steps, progress, log=log, manifest=manifest,
-                                   results=results)
+                                   results=results, effort_steps=effort_steps)
                 finally:
                     if log is not None:
                         log.close()
@@ -478,11 +535,16 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"median ms per prompt {o['median_ms_per_prompt']:.1f}, per image (embedding) "
                      f"{o['median_ms_per_image']:.1f}")
     else:
-        lines.append(f"{'group':28s} {'n':>3s} {'Dice':>6s} {'IoU':>6s} {'agent':>6s} {'clin.':>6s} {'accept':>7s}")
+        # cNoC: the clinician's actions until IoU 0.85/0.90 with the agent; alone: the click protocol's NoC
+        lines.append(f"{'group':28s} {'n':>3s} {'Dice':>6s} {'IoU':>6s} {'agent':>6s} {'clin.':>6s} {'accept':>7s}"
+                     f" {'cNoC85':>6s} {'cNoC90':>6s} {'alone85':>7s} {'alone90':>7s} {'aloneD':>6s}")
         for name, b in blocks:
             rate = "-" if b["acceptance_rate"] is None else f"{b['acceptance_rate']:.2f}"
+            effort = " ".join(f"{b[k]:{w}.{d}f}" if k in b else f"{'-':>{w}s}" for k, w, d in (
+                ("clinician_noc85", 6, 2), ("clinician_noc90", 6, 2), ("alone_noc85", 7, 2), ("alone_noc90", 7, 2),
+                ("alone_dice_at_steps", 6, 3)))
             lines.append(f"{name[:28]:28s} {b['n']:3d} {b['final_dice']:6.3f} {b['final_iou']:6.3f} "
-                         f"{b['mean_agent_actions']:6.2f} {b['mean_clinician_actions']:6.2f} {rate:>7s}")
+                         f"{b['mean_agent_actions']:6.2f} {b['mean_clinician_actions']:6.2f} {rate:>7s} {effort}")
     if summary.get("skipped"):
         lines.append(f"skipped {len(summary['skipped'])}: " + ", ".join(s["id"] for s in summary["skipped"]))
     errors = summary.get("errors") or []

@@ -29,6 +29,19 @@ def number_of_clicks(ious: Sequence[float], threshold: float, limit: int = 20) -
     return limit
 
 
+def clinician_effort(steps: Sequence[tuple[bool, float]], threshold: float, limit: int = 20) -> int:
+    """The clinician's actions until IoU first reaches ``threshold``, over the episode's applied box/point
+    actions ``(by_clinician, iou_after)`` in order (the hint, overrides and corrections count, an accepted
+    proposal costs none); ``limit`` when it is not reached within ``limit`` actions: the agent protocol's
+    counterpart of ``number_of_clicks`` (the clinician alone)."""
+    spent = 0
+    for by_clinician, value in steps[:limit]:
+        spent += int(by_clinician)
+        if value >= threshold:
+            return spent
+    return limit
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """IoU of two boxes given as inclusive pixel corners (x1, y1, x2, y2)."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)

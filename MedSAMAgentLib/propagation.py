@@ -9,8 +9,9 @@ clinician
   (a ``reviewer``) or simply let through; propagation ends where the stop rule says the structure ends
   (``PropagationRun.stop_reason``), at the volume's edge, or at a slice the clinician owns;
 - corrects any slice (``correct``: a box or click on that slice's session, ``clear``: no structure here);
-  propagation then runs again from that slice onward (away from the key slice) only, up to the next slice
-  the clinician owns; slices the clinician owns (key, corrected, cleared) are never overwritten;
+  propagation then runs again from that slice onward (away from the key slice), up to the next slice
+  the clinician owns, and back toward the key slice only over slices no run reached (a gap); slices the
+  clinician owns (key, corrected, cleared) are never overwritten;
 - undoes per operation (``undo``: the last propagation run, correction or clear, exactly) or per slice
   (``undo_slice``: the last step of that slice's own session).
 
@@ -29,10 +30,10 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from .actions import Action, Point, Stop
+from .actions import Action, Box, Point, Stop
 from .policies.base import Observation, PolicyError, Proposal
-from .propagation_rules import (DEFAULT_RULES, PropagationRules, SliceSignal, neighbour_box, neighbour_clicks,
-                                slice_signal, stop_reason)
+from .propagation_rules import (DEFAULT_RULES, Intensity, PropagationRules, SliceSignal, neighbour_box,
+                                neighbour_clicks, slice_signal, stop_reason)
 from .session import Review, Reviewer, Session
 from .tools.base import SegmentationTool
 from .trajectory import TrajectoryWriter
@@ -50,8 +51,10 @@ class NeighbourPolicy:
     version = "1"
     needs_hint = False
 
-    def __init__(self, neighbour: np.ndarray, neighbour_index: int, rules: PropagationRules = DEFAULT_RULES):
+    def __init__(self, neighbour: np.ndarray, neighbour_index: int, rules: PropagationRules = DEFAULT_RULES,
+                 neighbour_prompt: Optional[Box] = None):
         self.neighbour, self.neighbour_index, self.rules = np.asarray(neighbour, bool), neighbour_index, rules
+        self.neighbour_prompt = neighbour_prompt  # the neighbour's own box (``rules.max_growth`` reads it)
         self.clicks = 0
 
     def reset(self) -> None:
@@ -59,7 +62,7 @@ class NeighbourPolicy:
 
     def propose(self, observation: Observation) -> Proposal:
         if observation.prediction is None:
-            box = neighbour_box(self.neighbour, self.rules.margin)
+            box = neighbour_box(self.neighbour, self.rules.margin, self.neighbour_prompt, self.rules.max_growth)
             if box is None:
                 raise PolicyError(f"slice {self.neighbour_index}'s mask is empty: nothing to carry over")
             return Proposal(box, f"the box of slice {self.neighbour_index}'s mask, {self.rules.margin} px wider",
@@ -230,7 +233,9 @@ class VolumeSession:
                 extra: Optional[dict] = None) -> list[Operation]:
         """The clinician's box or click on a slice. On a slice with a session, it overrides the agent's next
         proposal there (logged as a correction); on an empty slice it starts that slice's session. Then
-        propagation runs again from this slice onward. Returns the operations (the correction, the runs)."""
+        propagation runs again from this slice onward, and back toward the key slice over the slices no run
+        has reached (a gap; it stops at the first slice with a mask, so nothing accepted is overwritten).
+        Returns the operations (the correction, the runs)."""
         self.volume.check_index(index)
         if isinstance(action, Stop):
             raise ValueError("a correction is a box or a click")
@@ -260,6 +265,10 @@ class VolumeSession:
         if repropagate:
             for direction in self.onward(index):
                 done.append(self._propagate(index, direction))
+            back = index - self.onward(index)[0] if len(self.onward(index)) == 1 else None
+            if back is not None and 0 <= back < self.volume.slices and back not in self.records:
+                # a slice the earlier run never reached: fill the gap back toward the key slice, empty slices only
+                done.append(self._propagate(index, back - index, empty_only=True))
         return done
 
     def clear(self, index: int, repropagate: bool = True) -> list[Operation]:
@@ -294,11 +303,14 @@ class VolumeSession:
 
     def _propagate(self, start: int, direction: int, *, until: Optional[int] = None,
                    reviewer: Optional[Reviewer] = None, cancel: Optional[Callable[[], bool]] = None,
-                   on_slice: Optional[Callable[[SliceRecord], None]] = None) -> Operation:
+                   on_slice: Optional[Callable[[SliceRecord], None]] = None, empty_only: bool = False) -> Operation:
         run = PropagationRun(len(self.runs) + 1, start, direction)
         self.runs.append(run)
         operation = Operation("propagate", run=run)
         neighbour, k = self.slice_mask(start), start + direction
+        reference = Intensity.under(self.volume.slice_image(start), neighbour)  # drift is read against the start
+        smallest = int(neighbour.sum())
+        prompt = _last_box(self.records[start].session)
         last = (self.volume.slices - 1 if direction > 0 else 0) if until is None else until
         while True:
             if (k - last) * direction > 0 or not 0 <= k < self.volume.slices:
@@ -310,9 +322,12 @@ class VolumeSession:
             if k in self.records and self.records[k].origin in OWNED:
                 run.stop_reason = f"slice {k} is the clinician's"
                 break
+            if empty_only and k in self.records:
+                run.stop_reason = f"slice {k} already has a mask"
+                break
             began = time.perf_counter()
             self._wait_for(k)
-            session = self._session(k, NeighbourPolicy(neighbour, k - direction, self.rules), "propagated",
+            session = self._session(k, NeighbourPolicy(neighbour, k - direction, self.rules, prompt), "propagated",
                                     run=run.id)
             self._prefetch(k + direction, direction)  # after this slice's own embedding: never ahead of it
             try:
@@ -329,8 +344,10 @@ class VolumeSession:
                 session.override(review.action)
             else:
                 session.accept()
+            box = _last_box(session)
             signal = slice_signal(session.mask, neighbour, session.prediction.score, session.image,
-                                  self.volume.slice_image(k - direction))
+                                  self.volume.slice_image(k - direction), start=reference, box=box,
+                                  smallest_area=smallest)
             reason = stop_reason(signal, self.rules) if review.decision == "accept" else None
             if reason:
                 run.stop_slice, run.stop_reason = k, f"slice {k}: {reason}"
@@ -343,7 +360,8 @@ class VolumeSession:
             run.slices.append(k)
             if on_slice is not None:
                 on_slice(record)
-            neighbour, k = session.mask, k + direction
+            neighbour, prompt, k = session.mask, box, k + direction
+            smallest = min(smallest, int(neighbour.sum()))
         # slices further on that an earlier run carried over are kept: only the clinician removes them (clear)
         self.operations.append(operation)
         return operation
@@ -394,11 +412,16 @@ class VolumeSession:
         if getattr(policy, "neighbour_index", index) != index:
             meta["neighbour_slice"] = policy.neighbour_index
         gt = None if self.ground_truth is None else self.volume.take(self.ground_truth, index)
-        session = Session(self.tool, policy, self.volume.slice_image(index), target=self.target, ground_truth=gt,
-                          image_key=self.volume.key(index), log=self.log, max_actions=self.max_actions, meta=meta)
+        session = Session(self._slice_tool(index), policy, self.volume.slice_image(index), target=self.target,
+                          ground_truth=gt, image_key=self.volume.key(index), log=self.log,
+                          max_actions=self.max_actions, meta=meta)
         self._all_sessions.append(session)
         self.visited.add(index)
         return session
+
+    def _slice_tool(self, index: int) -> SegmentationTool:
+        """The 2D tool a slice's session runs (hook: ``propagation_sam2`` gives each slice a video frame)."""
+        return self.tool
 
     def _prefetch(self, first: int, direction: int) -> None:
         if self._worker is None:
@@ -412,6 +435,13 @@ class VolumeSession:
         future = self._pending.pop(index, None)
         if future is not None:
             future.result()
+
+
+def _last_box(session: Optional[Session]) -> Optional[Box]:
+    """The newest box prompt of a slice's session (what the tool was last told the structure's extent is)."""
+    if session is None:
+        return None
+    return next((a for a in reversed(session.actions) if isinstance(a, Box)), None)
 
 
 def describe_operation(operation: Operation) -> str:

@@ -5,18 +5,24 @@ slice's prompt, and tell the agent when the structure has ended. The rules here 
 neighbour's mask and the tool's output on the next slice, so the volume session (``propagation``), the
 volume evaluation and the measurement sweep (Testing/benchmarks/sweep_propagation.py) use the very same code.
 
-- prompt: the neighbour mask's bounding box grown by ``margin`` pixels on each side; then up to
+- prompt: the neighbour mask's bounding box grown by ``margin`` pixels on each side (each side at most
+  ``max_growth`` pixels beyond the neighbour's own prompt box, when set); then up to
   ``max_clicks`` clicks where the tool's mask disagrees with the neighbour's deeper than ``click_depth``
   pixels (the neighbour stands in for the ground truth: a deep disagreement is more likely the tool's error
   than the anatomy's change over one slice);
 - stop: before a slice is taken, the tool's mask must still look like the same structure: overlap with the
   neighbour's mask (IoU) at least ``stop_iou``; area between ``stop_area_ratio`` and ``stop_growth`` times the
   neighbour's; the mean intensity under it within ``stop_intensity`` standard deviations of the neighbour's
-  (a box tool that has run past the structure segments other tissue); the tool's confidence at least
+  and within ``stop_start_intensity`` of the run's start slice's (key or corrected: one slice's change is
+  small, the drift over many is not); not covering more than ``stop_border`` of its box's edge (a box tool
+  fills the box it is given); not ``stop_regrowth`` times the run's smallest mask (tapered off, then something
+  else grows); its centre within ``stop_jump`` radii of the neighbour's; the tool's confidence at least
   ``stop_score``; and the neighbour itself at least ``min_area`` pixels.
 
-The values of ``DEFAULT_RULES`` were chosen by leave-datasets-out measurement on the 3D rows of
-../shared/data (README, "3D: propagation through a volume").
+The values of ``DEFAULT_RULES`` were chosen on the 16 labelled 3D rows of ../shared/data and checked
+leave-datasets-out (Testing/benchmarks/sweep_propagation.py; README, "3D: propagation through a volume"):
+stop when the mask shrinks below 0.7 of the neighbour's, drifts 1.5 std from the start slice's intensity, grows
+to 3 times the run's smallest mask, or its centre jumps half a radius.
 """
 
 from __future__ import annotations
@@ -42,9 +48,16 @@ class PropagationRules:
     stop_intensity: float = float("inf")  # mean intensity change under the mask, in the neighbour's std
     min_area: int = 0  # pixels; a neighbour smaller than this ends propagation
     stop_score: float = 0.0  # the tool's own confidence (predicted IoU), below which it stops
+    # drift over the run, not just one slice: signals read against the run's start slice (key or corrected)
+    stop_start_intensity: float = float("inf")  # mean intensity change under the mask, in the start's std
+    stop_border: float = float("inf")  # fraction of the prompt box's inner edge the mask covers (fills its box)
+    stop_regrowth: float = float("inf")  # area over the run's smallest area so far (tapered, then grows again)
+    stop_jump: float = float("inf")  # centroid move over the neighbour's equivalent radius
+    max_growth: Optional[int] = None  # pixels a side may move out beyond the neighbour's own prompt box
 
 
-DEFAULT_RULES = PropagationRules(margin=3, stop_iou=0.4, stop_intensity=1.0, stop_score=0.7)
+DEFAULT_RULES = PropagationRules(margin=3, stop_iou=0.4, stop_area_ratio=0.7, stop_intensity=1.5,
+                                 stop_start_intensity=1.5, stop_regrowth=3.0, stop_jump=0.5)
 
 
 @dataclass(frozen=True)
@@ -56,20 +69,49 @@ class SliceSignal:
     neighbour_area: int
     score: float
     intensity_shift: float = 0.0  # |mean under the new mask - mean under the neighbour's| / neighbour's std
+    start_intensity_shift: float = 0.0  # the same against the run's start slice
+    border: float = 0.0  # fraction of the prompt box's inner edge (image edges excluded) inside the mask
+    regrowth: float = 1.0  # area over the smallest area of the run so far
+    jump: float = 0.0  # centroid move / sqrt(neighbour area / pi)
 
     def as_dict(self) -> dict:
-        return {"iou_with_neighbour": round(self.iou_with_neighbour, 4), "area_ratio": round(self.area_ratio, 4),
-                "neighbour_area": self.neighbour_area, "score": round(self.score, 4),
-                "intensity_shift": round(self.intensity_shift, 4)}
+        return {name: round(value, 4) if isinstance(value, float) else value
+                for name, value in self.__dict__.items()}
 
 
-def neighbour_box(neighbour: np.ndarray, margin: int) -> Optional[Box]:
-    """The neighbour mask's bounding box grown by ``margin`` pixels, inside the image; None if it is empty."""
+@dataclass(frozen=True)
+class Intensity:
+    """Mean and spread of the (engine's uint8) intensity under a mask: what "the same tissue" is read against."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def under(cls, image: np.ndarray, mask: np.ndarray) -> Optional["Intensity"]:
+        if not mask.any():
+            return None
+        values = image[..., 0][mask].astype(np.float32)
+        return cls(float(values.mean()), float(values.std()))
+
+    def shift(self, other: Optional["Intensity"]) -> float:
+        """|other's mean - this mean| in this spread (+1 grey level: a flat region is not infinitely strict)."""
+        return 0.0 if other is None else abs(other.mean - self.mean) / (self.std + 1.0)
+
+
+def neighbour_box(neighbour: np.ndarray, margin: int, previous: Optional[Box] = None,
+                  max_growth: Optional[int] = None) -> Optional[Box]:
+    """The neighbour mask's bounding box grown by ``margin`` pixels, inside the image; None if it is empty.
+    With ``previous`` (the neighbour's own prompt box) and ``max_growth``, no side moves out more than
+    ``max_growth`` pixels beyond it: a box tool fills the box it is given, so an unchecked box can grow slice
+    after slice onto the next structure."""
     if not neighbour.any():
         return None
     box, (h, w) = gt_box(neighbour), neighbour.shape
-    return Box(max(0, box.x1 - margin), max(0, box.y1 - margin), min(w - 1, box.x2 + margin),
-               min(h - 1, box.y2 + margin))
+    x1, y1, x2, y2 = box.x1 - margin, box.y1 - margin, box.x2 + margin, box.y2 + margin
+    if previous is not None and max_growth is not None:
+        x1, y1 = max(x1, previous.x1 - max_growth), max(y1, previous.y1 - max_growth)
+        x2, y2 = min(x2, previous.x2 + max_growth), min(y2, previous.y2 + max_growth)
+    return Box(max(0, int(x1)), max(0, int(y1)), min(w - 1, int(x2)), min(h - 1, int(y2)))
 
 
 def neighbour_clicks(mask: np.ndarray, neighbour: np.ndarray, rules: PropagationRules) -> list[Point]:
@@ -90,16 +132,42 @@ def neighbour_clicks(mask: np.ndarray, neighbour: np.ndarray, rules: Propagation
     return clicks
 
 
+def box_border(mask: np.ndarray, box: Optional[Box]) -> float:
+    """Fraction of the box's inner edge pixels that the mask covers, the image's own edges left out: a box tool
+    past the structure's end fills the box it is given, so its mask runs along the box's sides."""
+    if box is None:
+        return 0.0
+    h, w = mask.shape
+    x1, y1, x2, y2 = (int(round(v)) for v in box.as_list())
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w - 1), min(y2, h - 1)
+    if x2 <= x1 or y2 <= y1:
+        return 0.0
+    sides = [mask[y1, x1:x2 + 1] if y1 > 0 else None, mask[y2, x1:x2 + 1] if y2 < h - 1 else None,
+             mask[y1:y2 + 1, x1] if x1 > 0 else None, mask[y1:y2 + 1, x2] if x2 < w - 1 else None]
+    edge = [side for side in sides if side is not None]
+    return float(np.concatenate(edge).mean()) if edge else 0.0
+
+
 def slice_signal(mask: np.ndarray, neighbour: np.ndarray, score: float, image: Optional[np.ndarray] = None,
-                 neighbour_image: Optional[np.ndarray] = None) -> SliceSignal:
-    """The stop rule's reading of a proposed slice (images: the engine's HxWx3 uint8 slices)."""
-    area = int(neighbour.sum())
-    shift = 0.0
-    if image is not None and neighbour_image is not None and mask.any() and area:
-        before = neighbour_image[..., 0][neighbour].astype(np.float32)
-        shift = abs(float(image[..., 0][mask].astype(np.float32).mean()) - float(before.mean())) / (
-            float(before.std()) + 1.0)
-    return SliceSignal(iou(mask, neighbour), float(mask.sum()) / max(area, 1), area, float(score), shift)
+                 neighbour_image: Optional[np.ndarray] = None, *, start: Optional[Intensity] = None,
+                 box: Optional[Box] = None, smallest_area: Optional[int] = None) -> SliceSignal:
+    """The stop rule's reading of a proposed slice (images: the engine's HxWx3 uint8 slices; ``start``: the
+    intensity under the run's start slice's mask; ``box``: the slice's prompt box; ``smallest_area``: the
+    smallest mask of the run so far, the start slice's included)."""
+    area, new_area = int(neighbour.sum()), int(mask.sum())
+    shift = start_shift = jump = 0.0
+    if image is not None and mask.any():
+        here = Intensity.under(image, mask)
+        if neighbour_image is not None and area:
+            shift = Intensity.under(neighbour_image, neighbour).shift(here)
+        if start is not None:
+            start_shift = start.shift(here)
+    if mask.any() and area:
+        moved = np.argwhere(mask).mean(axis=0) - np.argwhere(neighbour).mean(axis=0)
+        jump = float(np.hypot(*moved)) / float(np.sqrt(area / np.pi))
+    regrowth = new_area / max(smallest_area, 1) if smallest_area is not None else 1.0
+    return SliceSignal(iou(mask, neighbour), new_area / max(area, 1), area, float(score), shift, start_shift,
+                       box_border(mask, box), float(regrowth), jump)
 
 
 def stop_reason(signal: SliceSignal, rules: PropagationRules) -> Optional[str]:
@@ -120,4 +188,16 @@ def stop_reason(signal: SliceSignal, rules: PropagationRules) -> Optional[str]:
     if signal.intensity_shift > rules.stop_intensity:
         return (f"the intensity under the mask changed by {signal.intensity_shift:.2f} std of the previous "
                 f"slice's (> {rules.stop_intensity:.2f}): different tissue")
+    if signal.start_intensity_shift > rules.stop_start_intensity:
+        return (f"the intensity under the mask is {signal.start_intensity_shift:.2f} std from the start slice's "
+                f"(> {rules.stop_start_intensity:.2f}): the chain has drifted to different tissue")
+    if signal.border > rules.stop_border:
+        return (f"the mask covers {signal.border:.0%} of its box's edge (> {rules.stop_border:.0%}): the tool "
+                "seems to fill the box past the structure")
+    if signal.regrowth > rules.stop_regrowth:
+        return (f"the mask is {signal.regrowth:.2f} times the smallest of this run (> {rules.stop_regrowth:.2f}):"
+                " the structure tapered off and something else is growing")
+    if signal.jump > rules.stop_jump:
+        return (f"the mask's centre moved {signal.jump:.2f} radii from the previous slice's "
+                f"(> {rules.stop_jump:.2f}): not the same structure")
     return None

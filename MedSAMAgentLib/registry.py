@@ -122,6 +122,12 @@ def _builtin(**_: Any):
     return BuiltinPolicy()
 
 
+def _learned(weights: Optional[str] = None, **_: Any):
+    from .policies.learned import LearnedPolicy
+
+    return LearnedPolicy(weights=weights)
+
+
 def _oracle(ground_truth=None, seed: int = 0, **options: Any):
     from .policies.oracle import OracleExpert
 
@@ -141,6 +147,7 @@ def _mllm(model: Optional[str] = None, endpoint: Optional[str] = None, model_nam
 
 POLICIES: dict[str, Callable[..., Any]] = {
     "builtin": _builtin,
+    "learned": _learned,
     "oracle": _oracle,
     "mllm": _mllm,
 }

@@ -55,19 +55,29 @@ class SimulatedClinician:
 
 
 def volume_correction(prediction: np.ndarray, ground_truth: np.ndarray, box_below_iou: float = 0.5,
-                      boxed: frozenset = frozenset()):
-    """The simulated clinician's next correction of a propagated 3D mask (k, j, i): on the slice with the most
-    wrong voxels, ``"clear"`` where the structure is absent, the ground-truth box where the slice's mask is
-    empty or poor (IoU below ``box_below_iou``) and the slice has not had it yet (``boxed``: a second identical
-    box changes nothing), else the standard corrective click. Returns (slice, action) or None when exact."""
+                      boxed: frozenset = frozenset(), key: Optional[int] = None):
+    """The simulated clinician's next correction of a propagated 3D mask (k, j, i), on the slice with the most
+    wrong voxels: where the structure is absent, ``"clear"`` ("stop here") on the first slice of that stretch
+    past the structure's end, seen from the key slice (``key``; else from the nearest slice with the structure):
+    clearing it also clears the propagated slices beyond, so one action takes back the whole overrun; where the
+    slice's mask is empty or poor (IoU below ``box_below_iou``) and the slice has not had it yet (``boxed``: a
+    second identical box changes nothing), the ground-truth box; else the standard corrective click. Returns
+    (slice, action) or None when exact."""
     from .policies.oracle import corrective_click
 
-    errors = (np.asarray(prediction, bool) ^ np.asarray(ground_truth, bool)).sum(axis=(1, 2))
+    prediction, ground_truth = np.asarray(prediction, bool), np.asarray(ground_truth, bool)
+    errors = (prediction ^ ground_truth).sum(axis=(1, 2))
     index = int(np.argmax(errors))
     if errors[index] == 0:
         return None
     pred, gt = prediction[index], ground_truth[index]
     if not gt.any():
+        present = np.nonzero(ground_truth.any(axis=(1, 2)))[0]
+        origin = key if key is not None else (int(present[np.argmin(abs(present - index))]) if present.size else index)
+        step = -1 if index > origin else 1  # toward the key slice
+        has_mask = prediction.any(axis=(1, 2))
+        while index + step != origin and not ground_truth[index + step].any() and has_mask[index + step]:
+            index += step
         return index, "clear"
     if not pred.any() or (iou(pred, gt) < box_below_iou and index not in boxed):
         return index, gt_box(gt)

@@ -16,12 +16,20 @@ from masks. The trainer adapters see only the model's *text*:
 - ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` (verl's custom reward function);
 - ``make_trl_reward(tool=None)`` -> ``reward_func(prompts, completions, **kwargs) -> list[float]`` (TRL GRPO).
 
+Every tool call counts, in order (several in one turn too: both trainers' environments execute each of them,
+``training.environment``), up to the first ``stop_action``. Calls arrive as ``<tool_call>`` text, as TRL's parsed
+``tool_calls`` of an assistant message, or, where a tokenizer marks the tags special and the trainer decodes with
+``skip_special_tokens`` (verl), as untagged ``{"name": ..., "arguments": ...}`` objects: all three parse alike.
+
 From text alone only the format part (and the action sequence) can be checked: the masks come from the
 segmentation tool, so the environment must supply them. The adapters take them, in this order of preference,
-from (1) ``ious`` + ``dices`` (per box/point action, as computed by the environment that ran the tool),
+from (1) ``ious`` + ``dices`` (per box/point action, as computed by the environment that ran the tool; with
+``calls``, how many calls it applied, the calls it never answered are left out),
 (2) ``masks`` (per box/point action: HxW arrays or PNG bytes) scored against ``ground_truth`` (mask PNG bytes
 or array), (3) replaying the parsed actions through a ``SegmentationTool`` on the engine image
-(``engine_image`` PNG bytes or array; TRL: ``make_trl_reward(tool)``; verl: ``set_replay_tool(tool)``).
+(``engine_image`` PNG bytes or array; TRL: ``make_trl_reward(tool)``; verl: ``reward_kwargs: {replay_tool:
+litemedsam}`` in the config, or ``set_replay_tool(tool)``). TRL's multi-turn run passes its ``environments``:
+their recorded IoU/Dice are (1).
 With none of these the episode has no mask, which the protocol scores as an empty mask: the score is then
 0.2 F only, and a warning says so once.
 """
@@ -29,6 +37,7 @@ With none of these the episode has no mask, which the protocol scores as an empt
 from __future__ import annotations
 
 import io
+import json
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -121,11 +130,15 @@ def episode_reward_from_masks(
 # -- text ---------------------------------------------------------------------------------------------------
 def parse_actions(text: str) -> list[Optional[Action]]:
     """Every ``<tool_call>`` block of ``text`` in order, in 0..999 model coordinates; an unusable block is
-    ``None``. Legacy ``add_positive_point`` text outside tags counts when there is no tagged call."""
+    ``None``. Without any tag: the untagged ``{"name": ..., "arguments": ...}`` objects (tags stripped as special
+    tokens), else legacy ``add_positive_point`` text."""
     from .toolcall import ToolCallError, parse_model_action
 
     blocks = [m.group(0) for m in _TOOL_CALL.finditer(text or "")]
     if not blocks:
+        untagged = untagged_calls(text or "")
+        if untagged:
+            return untagged
         try:
             return [parse_model_action(text)]
         except ToolCallError:
@@ -139,13 +152,45 @@ def parse_actions(text: str) -> list[Optional[Action]]:
     return actions
 
 
+def untagged_calls(text: str) -> list[Optional[Action]]:
+    """The JSON objects of ``text`` that name a tool call (keys ``name`` and ``arguments``), in order."""
+    decoder, out, index = json.JSONDecoder(), [], 0
+    while True:
+        index = text.find("{", index)
+        if index < 0:
+            return out
+        try:
+            value, end = decoder.raw_decode(text, index)
+        except json.JSONDecodeError:
+            index += 1
+            continue
+        if isinstance(value, dict) and "name" in value and "arguments" in value:
+            out.append(call_action(value))
+            index = end
+        else:
+            index += 1
+
+
+def call_action(call: Any) -> Optional[Action]:
+    """A parsed call ``{"name", "arguments"}`` (or an OpenAI/TRL ``{"type": "function", "function": {...}}``)
+    -> its action, ``None`` when unusable."""
+    from .toolcall import ToolCallError, _action_from_call
+
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        call = call["function"]
+    if not isinstance(call, dict):
+        return None
+    try:
+        return _action_from_call(call)
+    except ToolCallError:
+        return None
+
+
 def actions_from_turns(turns: Sequence[str]) -> list[Optional[Action]]:
-    """One action per assistant turn (only the first call of a turn counts); ``None`` for a turn without a
-    usable call."""
+    """Every call of every assistant turn, in order; ``None`` for a turn without a usable call."""
     out: list[Optional[Action]] = []
     for text in turns:
-        found = parse_actions(text)
-        out.append(found[0] if found else None)
+        out += parse_actions(text) or [None]
     return out
 
 
@@ -184,24 +229,19 @@ def decode_image_like(value: Union[np.ndarray, bytes, dict]) -> np.ndarray:
 
 
 def replay_masks(tool, image: np.ndarray, model_actions: Sequence[Optional[Action]]) -> list[np.ndarray]:
-    """Run the box/point actions (0..999 model coordinates) through ``tool`` on the engine image, the way the
-    session does, and return the mask after each. Stops at the first stop action."""
-    from .geometry import Letterbox
+    """Run the box/point actions (0..999 model coordinates) through ``tool`` on the engine image with the RL
+    environment's rule (``training.environment``, the session's update rule) and return the mask after each.
+    Stops at the first stop action; ``None`` entries (unusable calls) are skipped."""
+    from .training.environment import SegmentationEnvironment, Task
 
-    letterbox = Letterbox(*image.shape[:2])
-    tool.set_image(image)
-    applied: list[Action] = []
-    prediction = None
-    masks = []
+    environment = SegmentationEnvironment(tool)
+    environment.reset(Task(image, np.zeros(image.shape[:2], bool)))
     for action in model_actions:
         if isinstance(action, Stop):
             break
-        if not isinstance(action, (Box, Point)):
-            continue
-        applied.append(letterbox.action_from_model(action))
-        prediction = tool.predict(tuple(applied), prediction)
-        masks.append(prediction.mask)
-    return masks
+        if isinstance(action, (Box, Point)):
+            environment.apply(action)
+    return environment.masks
 
 
 _warned_format_only = False
@@ -215,6 +255,8 @@ def _score(actions: list[Optional[Action]], ground_truth: Any, info: dict, tool=
         if isinstance(action, Stop):
             actions = actions[: index + 1]
             break
+    if info.get("calls") is not None:  # the environment applied only these: a call left unanswered (the trainer's
+        actions = _first_usable(actions, int(info["calls"]))  # turn limit) is not part of the episode
     count = sum(1 for a in actions if isinstance(a, (Box, Point)))
     if info.get("ious") is not None and info.get("dices") is not None:
         return episode_reward(actions, list(info["ious"])[:count], list(info["dices"])[:count])
@@ -233,6 +275,18 @@ def _score(actions: list[Optional[Action]], ground_truth: Any, info: dict, tool=
     return episode_reward_from_masks(actions, [np.zeros_like(gt)] * count, gt)
 
 
+def _first_usable(actions: list[Optional[Action]], count: int) -> list[Optional[Action]]:
+    """``actions`` up to the ``count``-th usable one (unusable ``None`` entries on the way are kept)."""
+    out, usable = [], 0
+    for action in actions:
+        if action is not None:
+            if usable == count:
+                break
+            usable += 1
+        out.append(action)
+    return out
+
+
 # -- verl ---------------------------------------------------------------------------------------------------
 _REPLAY_TOOL = None
 
@@ -243,42 +297,78 @@ def set_replay_tool(tool) -> None:
     _REPLAY_TOOL = tool
 
 
+_NAMED_TOOLS: dict = {}
+
+
+def named_replay_tool(name: str, checkpoint: Optional[str] = None):
+    """A registry tool built once per process (verl's ``reward_kwargs: {replay_tool: NAME}``)."""
+    key = (name, checkpoint)
+    if key not in _NAMED_TOOLS:
+        from .registry import make_tool
+
+        _NAMED_TOOLS[key] = make_tool(name, checkpoint=checkpoint, device="cpu")
+    return _NAMED_TOOLS[key]
+
+
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Optional[dict] = None,
-                  **_: Any) -> float:
+                  replay_tool: Optional[str] = None, replay_checkpoint: Optional[str] = None, **_: Any) -> float:
     """verl custom reward function (``custom_reward_function.path`` = this file, ``name`` = compute_score).
 
     ``solution_str`` is the rollout's text: every ``<tool_call>`` in it is one turn's call, in order.
     ``ground_truth`` is the mask (PNG bytes, as ``reward_model.ground_truth`` in the exported parquet).
     ``extra_info`` carries the environment's per-action ``ious``/``dices`` or ``masks``, or the
-    ``engine_image`` for replay (see the module docstring)."""
-    return _score(parse_actions(solution_str), ground_truth, dict(extra_info or {})).score
+    ``engine_image`` for replay (see the module docstring); ``replay_tool`` names the registry tool to replay
+    through (verl: ``custom_reward_function.reward_kwargs``) when there are no per-turn IoU/Dice."""
+    info = dict(extra_info or {})
+    tool = None
+    if replay_tool and (info.get("ious") is None or info.get("dices") is None) and info.get("masks") is None:
+        tool = named_replay_tool(replay_tool, replay_checkpoint)
+    return _score(parse_actions(solution_str), ground_truth, info, tool).score
 
 
 # -- TRL ----------------------------------------------------------------------------------------------------
 def _completion_actions(completion: Any) -> list[Optional[Action]]:
-    """A TRL completion: plain text, or a list of messages (conversational; one call per assistant turn)."""
+    """A TRL completion: plain text, or a list of messages (conversational). An assistant message's calls are
+    its ``tool_calls`` (TRL's tool-calling mode parses them out of the text), else those in its text. Calls
+    that got no ``tool`` answer (the rollout hit the trainer's turn limit) were never applied: left out."""
     if isinstance(completion, str):
         return parse_actions(completion)
-    turns = [m.get("content") for m in completion if m.get("role") == "assistant"]
-    texts = []
-    for content in turns:
+    out: list[Optional[Action]] = []
+    for index, message in enumerate(completion):
+        if message.get("role") != "assistant":
+            continue
+        if message.get("tool_calls"):
+            answers = 0
+            for following in completion[index + 1:]:
+                if following.get("role") != "tool":
+                    break
+                answers += 1
+            out += [call_action(call) for call in message["tool_calls"][:answers]]
+            continue
+        content = message.get("content")
         if isinstance(content, list):  # content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        texts.append(content or "")
-    return actions_from_turns(texts)
+        out += parse_actions(content or "") or [None]
+    return out
 
 
 def make_trl_reward(tool=None) -> Callable[..., list[float]]:
     """A TRL GRPO reward function. Dataset columns arrive as keyword lists, one entry per completion:
     ``ground_truth`` (or ``mask``) and optionally ``ious``/``dices``, ``masks`` or ``engine_image``; with
-    ``tool`` given and ``engine_image`` present the actions are replayed through it."""
+    ``tool`` given and ``engine_image`` present the actions are replayed through it. In TRL's multi-turn mode
+    (``environment_factory``) the ``environments`` that ran the calls give the IoU/Dice they recorded."""
 
     def medsam_agent_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         scores = []
+        environments = kwargs.get("environments")
         for i, completion in enumerate(completions):
             info = {key: (value[i] if isinstance(value, (list, tuple)) else value)
                     for key, value in kwargs.items()
                     if key in ("ious", "dices", "masks", "engine_image", "mask", "ground_truth")}
+            if environments is not None:
+                episode = getattr(environments[i], "episode", environments[i])
+                info["ious"], info["dices"] = list(episode.ious), list(episode.dices)
+                info["calls"] = len(episode.actions)
             gt = info.pop("ground_truth", None)
             scores.append(_score(_completion_actions(completion), gt, info, tool).score)
         return scores
@@ -290,5 +380,6 @@ reward_func = make_trl_reward()  # TRL: GRPOTrainer(reward_funcs=[reward_func], 
 
 __all__ = [
     "RewardBreakdown", "actions_from_turns", "compute_score", "episode_reward", "episode_reward_from_masks",
-    "format_score", "make_trl_reward", "parse_actions", "replay_masks", "reward_func", "set_replay_tool",
+    "call_action", "format_score", "make_trl_reward", "named_replay_tool", "parse_actions", "replay_masks",
+    "reward_func", "set_replay_tool", "untagged_calls",
 ]

@@ -22,6 +22,7 @@ from .geometry import Letterbox
 from .metrics import dice, iou
 from .policies.base import Observation, Policy, PolicyError, Proposal
 from .tools.base import Prediction, SegmentationTool
+from .tools.litemedsam import image_key as content_key
 from .trajectory import TrajectoryWriter, encode_mask, save_episode_image
 
 Decision = Literal["accept", "override", "reject", "hint", "place"]
@@ -108,6 +109,7 @@ class Session:
         self.finished = False
         self.pause_reason = ""  # why the policy could not act last time (for the terminal and the panel)
         self._history: list[_State] = [_State((), None, False)]
+        self._image_key = image_key or content_key(image)  # computed once: the tool is re-pointed per prediction
         self.tool.set_image(image, key=image_key)
         self.policy.reset()
         meta = dict(meta or {})
@@ -183,7 +185,13 @@ class Session:
         """The tool's output if ``action`` were applied now; nothing is committed."""
         if isinstance(action, Stop):
             raise ValueError("stop has no mask to preview")
-        return self.tool.predict(self.actions + (action,), self.prediction)
+        return self._predict(self.actions + (action,), self.prediction)
+
+    def _predict(self, actions: tuple[Action, ...], previous: Optional[Prediction]) -> Prediction:
+        """The tool's output on this session's image. Sessions can share one tool (a volume's slices do), so
+        the image is selected again first: from the tool's embedding cache, it costs a look-up."""
+        self.tool.set_image(self.image, key=self._image_key)
+        return self.tool.predict(actions, previous)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def propose(self) -> Proposal:
@@ -311,7 +319,7 @@ class Session:
             if state.stopped:  # a new prompt after stop reopens the episode
                 state = _State(state.actions, state.prediction, False)
             start = time.perf_counter()
-            prediction = self.tool.predict(state.actions + (action,), state.prediction)
+            prediction = self._predict(state.actions + (action,), state.prediction)
             timings["tool_ms"] = round((time.perf_counter() - start) * 1000, 2)
             new_state = _State(state.actions + (action,), prediction, False)
         step = Step(

@@ -4,7 +4,8 @@
 Per case (a 3D row that names a label): the ground-truth box on the slice with the most foreground (the key
 slice), propagation in both directions with nobody intervening, then up to ``corrections`` corrections, each on
 the slice with the largest error (``reviewers.volume_correction``: a box, a click, or "no structure here"),
-re-propagating onward from it. Reported: 3D Dice and NSD (2 mm) after 0, 1, 3, 5, 10 corrections; how far
+re-propagating onward from it (the clinician undoes those runs when they made the volume worse, keeping the
+corrected slice). Reported: 3D Dice and NSD (2 mm) after 0, 1, 3, 5, 10 corrections; how far
 propagation alone ran past the structure's ends; clinician actions (the key box counts); slices visited (the
 tool ran on them); time per propagated slice; and the reference a box tool cannot beat from boxes: the
 ground-truth box on every slice with the structure. summary.json, cases.csv, dice_vs_corrections.png,
@@ -113,23 +114,31 @@ def run_volume(case: Case, tool, *, corrections: int = CORRECTIONS, rules: Propa
     try:
         session.start(key, gt_box(gt[key]))
         session.propagate()
+        seconds = [r.seconds for r in session.records.values() if r.origin == "propagated"]  # propagation alone
         mask = session.mask()
         taken = [k for k, r in session.records.items() if r.session is not None]
         past = (max(0, int(present.min()) - min(taken)), max(0, max(taken) - int(present.max())))
         dices, nsd, done = [dice(mask, gt)], {0: surface_dice(mask, gt, spacing, NSD_TOLERANCE_MM)}, []
         boxed = {key}
         for n in range(1, corrections + 1):
-            action = volume_correction(mask, gt, boxed=frozenset(boxed))
+            action = volume_correction(mask, gt, boxed=frozenset(boxed), key=key)
             if action is None:
                 break
             index, what = action
+            label = f"{index}:{'clear' if what == 'clear' else what.kind}"
             if what == "clear":
                 session.clear(index)
             else:
-                session.correct(index, what)
+                operations = session.correct(index, what)
                 if what.kind == "box":
                     boxed.add(index)
-            done.append(f"{index}:{'clear' if what == 'clear' else what.kind}")
+                if len(operations) > 1 and dice(session.mask(), gt) < dices[-1]:
+                    # the clinician reviews the re-propagated slices and takes the runs back when they made the
+                    # volume worse (undo per operation); the correction on the slice itself stays
+                    for _ in operations[1:]:
+                        session.undo()
+                    label += "(runs undone)"
+            done.append(label)
             mask = session.mask()
             dices.append(dice(mask, gt))
             if n in REPORTED:
@@ -139,7 +148,6 @@ def run_volume(case: Case, tool, *, corrections: int = CORRECTIONS, rules: Propa
             final = surface_dice(mask, gt, spacing, NSD_TOLERANCE_MM)
             nsd.update({n: final for n in missing})
         dices += [dices[-1]] * (corrections + 1 - len(dices))
-        seconds = [r.seconds for r in session.records.values() if r.origin == "propagated"]
         visited = len(session.visited)
         session.finish(accepted=False, status="evaluated")
     finally:

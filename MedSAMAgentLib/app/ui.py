@@ -27,7 +27,7 @@ from .workspace import PROMPT_MODES, TABLE_HEADERS, AppError, Choices, Engine, W
 
 log = logging.getLogger("medsam-agent.app")
 EXPECTED = (AppError, ImageLoadError, ToolError, PolicyError, ValueError, FileNotFoundError)
-POLICIES = ("builtin", "oracle", "mllm")  # the ones that run here (mllm: on a served model)
+POLICIES = ("builtin", "learned", "oracle", "mllm")  # the ones that run here (mllm: on a served model)
 CSS = "#picture img {cursor: crosshair}"
 
 

@@ -290,11 +290,13 @@ class Workspace:
         self.message = f"Finished: the mask is accepted (an expert trajectory in the log). {then} the mask and the log."
 
     def propagate(self, progress: Callable[[float, str], None] = lambda f, d: None) -> None:
-        """Carry the finished mask of this slice through the volume with the engine's ``VolumeSession``
-        (issue 11), up and down until its stop rule; the slices it writes join the mask download. The
+        """Carry the finished mask of this slice through the volume with the engine's volume session
+        (issue 11; ``propagation_sam2.volume_session_for``: SAM2's memory for SAM2 / MedSAM2), up and down until
+        its stop rule; the slices it writes join the mask download. The
         clinician's finished slices are kept; Undo takes the propagation back."""
         from ..policies.oracle import gt_box
-        from ..propagation import VolumeSession, describe_operation
+        from ..propagation import describe_operation
+        from ..propagation_sam2 import volume_session_for
         from ..volumes import Volume as SliceStack
 
         picture = self._picture()
@@ -309,8 +311,9 @@ class Workspace:
         truth = picture.truth
         tool = self.engine.tool(self.tool_name)
         with self.engine.lock:
-            volume_session = VolumeSession(tool, stack, target=picture.target, ground_truth=truth, log=self.writer,
-                                           meta={"source": "app", "case": picture.name, "window": picture.window})
+            volume_session = volume_session_for(tool, stack, target=picture.target, ground_truth=truth,
+                                                log=self.writer, meta={"source": "app", "case": picture.name,
+                                                                       "window": picture.window})
             try:
                 volume_session.start(self.index, gt_box(plane.to_ijk_plane(self.masks[self.index])))
                 done = [0]

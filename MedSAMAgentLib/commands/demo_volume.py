@@ -14,7 +14,8 @@ from ..manifest import bundled_manifest
 from ..metrics import dice
 from ..outputs import OutputLock
 from ..policies.oracle import gt_box
-from ..propagation import VolumeSession, describe_operation
+from ..propagation import describe_operation
+from ..propagation_sam2 import volume_session_for
 from ..reviewers import volume_correction
 from ..trajectory import TrajectoryWriter
 from ..volumes import load_volume_case, write_mask
@@ -43,8 +44,8 @@ def run_volume_demo(args: argparse.Namespace) -> int:
         log_path = out / "trajectory.jsonl"
         log_path.unlink(missing_ok=True)
         with TrajectoryWriter(log_path) as log:
-            session = VolumeSession(tool, volume, target=case.target, ground_truth=gt, log=log,
-                                    meta={"volume_case_id": case.id, "source": "demo --volume"})
+            session = volume_session_for(tool, volume, target=case.target, ground_truth=gt, log=log,
+                                         meta={"volume_case_id": case.id, "source": "demo --volume"})
             session.start(key, gt_box(gt[key]))
             print(f"key slice {key}: the clinician's box; 3D Dice so far {dice(session.mask(), gt):.3f}")
             for operation in session.propagate():

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ..evaluation import AGENT_MAX_STEPS, CLICK_INTERACTIONS, evaluate_manifest, format_table
+from ..evaluation import AGENT_MAX_STEPS, CLICK_INTERACTIONS, EFFORT_STEPS, evaluate_manifest, format_table
 from ..policies.mllm import MLLMPolicy, add_policy_arguments, describe_policy, policy_options_from_args
 from ..registry import DEFAULT_POLICY, POLICIES, make_policy
 from . import add_tool_arguments, tool_from_args
@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                         help=f"agent protocol: who proposes actions (default: {DEFAULT_POLICY})")
     parser.add_argument("--max-steps", type=POSITIVE, default=AGENT_MAX_STEPS,
                         help=f"agent protocol: box/point actions per case (default {AGENT_MAX_STEPS})")
+    parser.add_argument("--effort-steps", type=int, default=EFFORT_STEPS,
+                        help=f"agent protocol: the clinician-effort count (the clinician's actions until IoU "
+                        f"0.85/0.90, beside the click protocol's NoC on the same cases) goes on to this many "
+                        f"actions (default {EFFORT_STEPS}; 0: off)")
     parser.add_argument("--interactions", type=POSITIVE, default=CLICK_INTERACTIONS,
                         help=f"click protocol: interactions per case, the box included (default "
                         f"{CLICK_INTERACTIONS})")
@@ -50,6 +54,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.protocol in ("clicks", "volume") and (args.policy or args.model or args.endpoint):
         raise ValueError("--policy, --model and --endpoint apply to --protocol agent only")
+    if args.effort_steps < 0 or (args.effort_steps and args.effort_steps < args.max_steps):
+        raise ValueError(f"--effort-steps must be 0 (off) or at least --max-steps ({args.max_steps}), "
+                         f"got {args.effort_steps}")
     tool = tool_from_args(args)
     if args.protocol == "volume":
         return _run_volume(args, tool)
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_manifest(
         args.manifest, args.protocol, args.out, tool=tool, policy=policy, policy_name=args.policy,
         max_steps=args.max_steps, limit=args.limit, interactions=args.interactions, progress=not args.no_progress,
+        effort_steps=args.effort_steps,
     )
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     print(f"report written to {args.out}")

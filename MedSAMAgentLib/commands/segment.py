@@ -1,6 +1,7 @@
 """``medsam-agent segment``: one image (or one slice of a volume), your prompts, one mask; with
-``--propagate``, the slice's mask carried through the volume (``propagation.VolumeSession``) and written as a
-3D mask with the volume's geometry."""
+``--propagate``, the slice's mask carried through the volume (``propagation_sam2.volume_session_for``: SAM2's
+own memory for SAM2 / MedSAM2, the neighbour's prompt for the others) and written as a 3D mask with the volume's
+geometry; ``--log`` appends every slice's steps (one 2D episode per slice) to a trajectory log."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def register(subparsers) -> None:
     parser.add_argument("--propagate", action="store_true",
                         help="carry the slice's mask through the volume in both directions until the structure "
                              "ends; --out is then a 3D mask (.nii.gz, .nrrd) with the volume's geometry")
+    parser.add_argument("--log", metavar="FILE", type=output_file(".jsonl"), default=None,
+                        help="with --propagate: append every slice's steps to this trajectory log (.jsonl; one "
+                             "2D episode per slice, images next to it)")
     parser.add_argument("--out", required=True, type=output_file(".png", ".npy", *VOLUME_MASK_SUFFIXES),
                         help="output mask (.png or .npy; with --propagate .nii.gz, .nii, .nrrd or .mha)")
     parser.set_defaults(func=run, prompts=None)
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
                          f"{' or '.join(VOLUME_MASK_SUFFIXES)}, or neither")
     if args.propagate:
         return _propagate(args)
+    if args.log:
+        raise ValueError("--log records the slices of a propagation: give it with --propagate")
     image, mapping = load_image_2d(args.image, args.slice, modality=args.modality)
     h, w = image.shape[:2]
     for prompt in args.prompts:
@@ -101,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _propagate(args: argparse.Namespace) -> int:
     """Key slice = --slice with the prompts in order, then propagation both ways; a 3D mask written."""
-    from ..propagation import VolumeSession, describe_operation
+    from ..propagation import describe_operation
+    from ..propagation_sam2 import volume_session_for
+    from ..trajectory import TrajectoryWriter
     from ..volumes import Volume, write_mask
 
     if args.slice is None:
@@ -112,19 +120,23 @@ def _propagate(args: argparse.Namespace) -> int:
     h, w = volume.slice_shape
     for prompt in args.prompts:
         check_inside(prompt, h, w)
-    session = VolumeSession(tool_from_args(args), volume)
+    log = TrajectoryWriter(args.log) if args.log else None
+    session = volume_session_for(tool_from_args(args), volume, log=log, meta={"source": "segment --propagate"})
     try:
         session.start(index, args.prompts[0])
         for prompt in args.prompts[1:]:
             session.correct(index, prompt, repropagate=False)
         for operation in session.propagate():
-            print(describe_operation(operation))
+            print(describe_operation(operation), flush=True)
+        session.finish(accepted=False, status="propagated")  # nobody reviewed the slices: not expert data
     finally:
         session.close()
+        if log is not None:
+            log.close()
     mask = session.mask()
     write_mask(mask, volume.geometry, args.out)
     slices = sorted(k for k in range(volume.slices) if volume.take(mask, k).any())
     span = f"slices {slices[0]}-{slices[-1]}" if slices else "no slice"
     print(f"wrote {args.out}: {int(mask.sum())} foreground voxels on {len(slices)} slices ({span}) along axis "
-          f"{axis}, the volume's geometry")
+          f"{axis}, the volume's geometry" + (f"; every slice's steps in {args.log}" if args.log else ""))
     return 0

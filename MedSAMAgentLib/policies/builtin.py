@@ -90,6 +90,11 @@ class BuiltinPolicy:
             return Proposal(Stop(), f"confident mask (score {prediction.score:.2f}), nothing left to fix", self.name)
         return Proposal(Stop(), f"no clear fix left (score {prediction.score:.2f}); review the mask", self.name)
 
+    def box_from_click(self, observation: Observation) -> Optional[Box]:
+        """The box this policy proposes from the episode's first positive click (None without one); the
+        learned policy starts the same way."""
+        return self._box_from_click(observation.prediction.mask, observation)
+
     # -- signals --------------------------------------------------------------------------------------------
     def _box_from_click(self, mask: np.ndarray, observation: Observation) -> Optional[Box]:
         """Try square boxes of growing size around the click with the tool itself and keep the one the tool

@@ -13,8 +13,9 @@ did. Finish marks the final mask as accepted ground truth (an expert trajectory)
 from __future__ import annotations
 
 import re
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -30,6 +31,38 @@ from .parameters import AgentSettings
 from .segments import SliceEdit, ensure_segment, restore_region, restore_slice, write_region, write_slice
 from .segments import volume_extent as segments_volume_extent
 from ..trajectory import TrajectoryWriter
+
+
+@dataclass
+class PropagationProgress:
+    """How far a propagation has got, shared between the worker (writes) and the GUI thread (reads, and sets
+    ``cancel``): plain values and an Event, no Qt."""
+
+    total: int = 0
+    done: int = 0
+    slice: Optional[int] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> str:
+        where = f", slice {self.slice}" if self.slice is not None else ""
+        return f"Propagating through the volume: {self.done} of at most {self.total} slices{where}"
+
+
+@dataclass
+class VolumeRun:
+    """One propagation in the panel: the engine's volume session, the segment writes, the slices written.
+
+    A clinician's correction of a propagated slice (``correct_propagated_work``) is a run of its own over the
+    engine of the run it corrects: ``operations`` engine operations (the correction, the re-propagation) that
+    undo takes back, the slice sessions that re-propagation made, and which episode each slice it wrote
+    came from before (``propagated_episodes``)."""
+
+    engine: Any
+    edits: list
+    slices: list[int]
+    operations: int = 0  # 0: a whole propagation (its own engine); else a correction's engine operations
+    sessions: list = field(default_factory=list)
+    episodes_before: dict = field(default_factory=dict)
 
 
 class AgentLogicError(RuntimeError):
@@ -48,6 +81,7 @@ class Work:
     apply: Callable[[Any], Any]
     epoch: int = 0
     long: bool = False  # may take seconds (first model load, encoding): the widget shows a modal progress
+    progress: Optional[PropagationProgress] = None  # slice by slice work: the widget counts it, Cancel stops it
 
 
 def volume_identity(volume_node) -> dict:
@@ -105,6 +139,9 @@ class AgentLogic:
         self._model_volume: tuple[Optional[tuple], Optional[np.ndarray]] = (None, None)
         self.markups: Optional[SessionMarkups] = None
         self.epoch = 0
+        # (volume node ID, IJK axis, slice) -> the episode of the propagation that wrote it: a later session on
+        # that slice is the clinician's correction of it, and its log says so (``meta.corrects_episode``)
+        self.propagated_episodes: dict[tuple, str] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -115,7 +152,7 @@ class AgentLogic:
         self.segment_id = ""
         self.settings = AgentSettings()
         self.edits: list[Optional[SliceEdit]] = []
-        self.volume_edits: list[list] = []  # one list of RegionEdits per propagation
+        self.volume_runs: list[VolumeRun] = []  # one per propagation (undo takes the last back)
         self.writer: Optional[TrajectoryWriter] = None
         self.log_path: Optional[Path] = None
         self.identity: dict = {}
@@ -140,8 +177,9 @@ class AgentLogic:
         return self._tools[key]
 
     # -- running work -------------------------------------------------------------------------------------
-    def _work(self, label: str, compute: Callable[[], Any], apply: Callable[[Any], Any], long: bool = False) -> Work:
-        return Work(label, compute, apply, epoch=self.epoch, long=long)
+    def _work(self, label: str, compute: Callable[[], Any], apply: Callable[[Any], Any], long: bool = False,
+              progress: Optional[PropagationProgress] = None) -> Work:
+        return Work(label, compute, apply, epoch=self.epoch, long=long, progress=progress)
 
     def apply(self, work: Work, result: Any) -> Any:
         """Finish ``work`` on the GUI thread with its computed ``result``, unless its session is gone."""
@@ -174,8 +212,9 @@ class AgentLogic:
 
         return compute
 
-    def _extra(self, applied: Optional[Action], proposal: Optional[Proposal], how: str = "") -> dict:
-        geometry = self.geometry
+    def _extra(self, applied: Optional[Action], proposal: Optional[Proposal], how: str = "",
+               geometry: Optional[SliceGeometry] = None) -> dict:
+        geometry = geometry or self.geometry
         assert geometry is not None
         extra = {
             "volume": self.identity,
@@ -232,6 +271,9 @@ class AgentLogic:
                         "segment_name": segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()},
             "window": settings.window,
         }
+        corrected = self.propagated_episodes.get((volume_node.GetID(), geometry.axis, geometry.index))
+        if corrected:
+            meta["corrects_episode"] = corrected  # this slice came from a propagation: the clinician redoes it
 
         hints = [self._extra(action, None, how) for action, how in placed]
 
@@ -307,14 +349,20 @@ class AgentLogic:
         extra = self._extra(proposal.action, proposal)
         return self._work("Applying the proposal", lambda: session.accept(extra=extra), self._apply_step)
 
-    def override_work(self) -> Work:
-        """The clinician's edit replaces the proposal (or, with none pending, is placed as a new prompt)."""
+    def override_work(self, first: Optional[int] = None, last: Optional[int] = None,
+                      progress: Optional[PropagationProgress] = None) -> Work:
+        """The clinician's edit replaces the proposal (or, with none pending, is placed as a new prompt). An
+        edit placed on a slice that a propagation of this session wrote corrects that slice and propagates
+        again from it onward, within ``first``..``last`` (``correct_propagated_work``)."""
         session = self._require_session()
         assert self.markups is not None and self.geometry is not None
         edit = self.markups.read_edit(self.geometry)
         if edit is None:
             raise AgentLogicError("nothing to apply: move, flip or resize the proposal, or place a new click or "
                                   "box, then press Override")
+        target = self.edit_slice()
+        if target is not None:
+            return self.correct_propagated_work(target, *edit, first=first, last=last, progress=progress)
         action, how = edit
         proposal = session.pending
         extra = self._extra(action, proposal, how)
@@ -394,39 +442,73 @@ class AgentLogic:
         return self.last_status
 
     # -- 3D propagation -----------------------------------------------------------------------------------
-    def propagate_work(self, direction: Optional[int] = None, until: Optional[int] = None,
-                       cancel: Optional[Callable[[], bool]] = None) -> Work:
-        """Carry the current slice's mask through the volume (``propagation.VolumeSession``: the box of the
-        neighbour's mask on each next slice, until the stop rule, the edge or ``until``) and write the other
-        slices of the segment as one 3D region per side (changed voxels only, other segments protected as
-        set). The session's own slice is left as it is. ``undo_propagation`` takes it back exactly."""
+    @property
+    def slice_count(self) -> int:
+        """Slices along the session's slice axis (the range fields' bounds)."""
+        if self.geometry is None or self.volume_node is None:
+            return 0
+        return int(self.volume_node.GetImageData().GetDimensions()[self.geometry.axis])
+
+    def propagate_work(self, first: Optional[int] = None, last: Optional[int] = None,
+                       progress: Optional[PropagationProgress] = None) -> Work:
+        """Continue through the volume: carry the current slice's result to the slices ``first``..``last``
+        (default: the whole volume) with the engine's volume session (``propagation_sam2.volume_session_for``:
+        SAM2 / MedSAM2 propagate with their own memory, seeded with this slice's prompts; the other tools take
+        the box of the neighbour's mask on each next slice), both ways until the stop rule, the range's end or
+        ``progress.cancel``. The segment is written as one 3D region per side, changed voxels only, the other
+        segments protected as set; the session's own slice is left as it is. Every propagated slice is a 2D
+        episode in the log (accepted at Finish). ``undo_propagation`` takes the run back exactly."""
         session = self._require_session()
         if not session.mask.any():
             raise AgentLogicError("nothing to propagate: segment this slice first")
-        from ..propagation import VolumeSession
+        from ..propagation_sam2 import uses_video_memory, volume_session_for
         from ..volumes import Volume
 
         geometry, settings = self.geometry, self.settings
+        count, index = self.slice_count, geometry.index
+        first, last = (0 if first is None else int(first)), (count - 1 if last is None else int(last))
+        if not 0 <= first <= index <= last < count:
+            raise AgentLogicError(f"the slice range {first}-{last} must hold this slice ({index}) and lie in "
+                                  f"0-{count - 1}")
+        progress = progress or PropagationProgress()
+        progress.total, progress.done = (last - index) + (index - first), 0
+        tool = self.tool(settings)
         volume_image = self.image_volume(self.volume_node, settings.window)
         axis = 2 - geometry.axis  # the slice axis in (k, j, i) arrays
-        rows, cols = np.nonzero(geometry.to_ijk_plane(session.mask))  # the plane in the volume's own order
-        key_box = Box(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+        if uses_video_memory(tool):  # SAM2's memory starts from this slice's own prompts
+            prompts = [self._plane_action(a) for a in session.actions if not isinstance(a, Stop)]
+        else:  # the neighbour-prompt engine carries the accepted mask's box
+            rows, cols = np.nonzero(geometry.to_ijk_plane(session.mask))  # the plane in the volume's own order
+            prompts = [Box(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))]
+        meta = {"source": "slicer", "volume_identity": self.identity, "window": settings.window,
+                "segment": {"segmentation": self.segmentation_node.GetName(), "segment_id": self.segment_id},
+                "key_slice": geometry.describe(), "key_episode": session.episode_id}
 
         def compute():
-            volume = Volume.from_array(volume_image(), axis=axis, name=self.volume_node.GetName())
-            engine = VolumeSession(self.tool(settings), volume, target=settings.target, prefetch=0)
-            try:
-                engine.start(geometry.index, key_box)
-                operations = engine.propagate(direction, until=until, cancel=cancel)
-                return engine.mask(), sorted({i for op in operations for i in op.changed} - {geometry.index}), \
-                    [op.run.stop_reason for op in operations if getattr(op, "run", None) is not None]
-            finally:
-                engine.close()
+            volume = Volume(volume_image(), None, axis, self.volume_node.GetName())  # normalised once
+            # the key slice is this panel session's (already in the log): the engine logs the other slices
+            engine = volume_session_for(tool, volume, target=settings.target, meta=meta, prefetch=0)
+            engine.start(index, prompts[0])
+            for prompt in prompts[1:]:
+                engine.correct(index, prompt, repropagate=False)
+            engine.log = self.writer
+
+            def on_slice(record) -> None:
+                progress.done, progress.slice = progress.done + 1, record.index
+
+            operations = []
+            for direction, until in ((+1, last), (-1, first)):
+                if until != index and not progress.cancel.is_set():
+                    operations += engine.propagate(direction, until=until, cancel=progress.cancel.is_set,
+                                                   on_slice=on_slice)
+            return engine, operations
 
         def apply(result):
-            mask, changed, reasons = result
+            engine, operations = result
+            changed = sorted({i for op in operations for i in op.run.slices})
+            mask = engine.mask()
             edits = []
-            for side in ([i for i in changed if i < geometry.index], [i for i in changed if i > geometry.index]):
+            for side in ([i for i in changed if i < index], [i for i in changed if i > index]):
                 if not side:
                     continue
                 extent = list(segments_volume_extent(self.volume_node))
@@ -434,20 +516,153 @@ class AgentLogic:
                 values = mask[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
                 edits.append(write_region(self.segmentation_node, self.segment_id, self.volume_node, extent, values,
                                           settings.protect_other_segments))
-            self.volume_edits.append(edits)
+            self.volume_runs.append(VolumeRun(engine, edits, changed))
+            for k in changed:
+                self.propagated_episodes[(self.volume_node.GetID(), geometry.axis, k)] = \
+                    engine.records[k].session.episode_id
+            reasons = [op.run.stop_reason for op in operations if op.run.stop_reason]
             self.last_status = (f"propagated to {len(changed)} slices" if changed else "nothing propagated") + \
-                ("".join(f"; {r}" for r in reasons if r))
+                ("".join(f"; {r}" for r in reasons))
             return self.last_status
 
         return self._work("Propagating through the volume", compute, apply, long=True)
 
+    def _plane_action(self, action: Action) -> Action:
+        """An action on the panel's slice image as the same action on the volume's own plane (the engine's
+        slice image: (k, j, i) order with the slice axis taken out)."""
+        geometry = self.geometry
+        axis = 2 - geometry.axis
+
+        def plane(x: float, y: float) -> tuple[int, int]:
+            kji = np.rint(geometry.pixel_to_ijk_point(x, y)[::-1]).astype(int)
+            row, col = (int(kji[d]) for d in range(3) if d != axis)
+            return col, row
+
+        if isinstance(action, Point):
+            return Point(*plane(action.x, action.y), action.positive)
+        (xa, ya), (xb, yb) = plane(action.x1, action.y1), plane(action.x2, action.y2)
+        return Box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+
+    def edit_slice(self) -> Optional[int]:
+        """The propagated slice the clinician's newest click/box lies on, when it is not this session's own
+        slice and a propagation run of this session wrote it; else None (the edit is this slice's)."""
+        if self.markups is None or self.geometry is None or not self.volume_runs:
+            return None
+        ras = self.markups.edit_position()
+        if ras is None or self.geometry.distance_from_slice(ras) < 0.5:
+            return None
+        index = int(np.floor(self.geometry.ras_to_ijk_point(ras)[self.geometry.axis] + 0.5))
+        return index if self._run_holding(index) is not None else None
+
+    def _run_holding(self, index: int) -> Optional[VolumeRun]:
+        """The newest run that wrote slice ``index`` (its version is what the segment shows)."""
+        return next((run for run in reversed(self.volume_runs) if index in run.slices), None)
+
+    def correct_propagated_work(self, index: int, action: Action, how: str = "", *, first: Optional[int] = None,
+                                last: Optional[int] = None, progress: Optional[PropagationProgress] = None) -> Work:
+        """The clinician's box or click on propagated slice ``index`` (``action`` in the panel's slice pixels):
+        ``VolumeSession.correct`` on that slice's own session (logged as the clinician's override, ``extra.
+        correction``), then propagation again from it onward (away from this session's slice) up to the slice
+        range's end, the stop rule, a slice the clinician owns or Cancel. Slices on the other side and between
+        are kept as accepted. The segment is written over the changed slices only (one region, changed voxels
+        only); ``undo_propagation`` takes the whole correction back as one operation."""
+        self._require_session()
+        run = self._run_holding(index)
+        if run is None:
+            raise AgentLogicError(f"no propagation of this session wrote slice {index}: Continue through the volume "
+                                  "first, or press Start on that slice")
+        engine, geometry = run.engine, self.geometry
+        count = self.slice_count
+        first, last = (0 if first is None else int(first)), (count - 1 if last is None else int(last))
+        onward = engine.onward(index)[0]
+        bound = last if onward > 0 else first
+        progress = progress or PropagationProgress()
+        progress.total, progress.done = max((bound - index) * onward, 0), 0
+        plane_action = self._plane_action(action)
+        at = replace(geometry, index=index)
+        extra = self._extra(action, None, how or "corrected a propagated slice", geometry=at)
+        extra["panel_slice"] = extra.pop("slice")  # the engine names the slice by its index (``extra.slice``)
+
+        def compute():
+            operations = engine.correct(index, plane_action, repropagate=False, extra=extra)
+            if progress.total and not progress.cancel.is_set():
+                def on_slice(record) -> None:
+                    progress.done, progress.slice = progress.done + 1, record.index
+
+                operations += engine.propagate(onward, start=index, until=bound, cancel=progress.cancel.is_set,
+                                               on_slice=on_slice)
+            return operations
+
+        def apply(operations):
+            changed = sorted({i for op in operations for i in op.changed})
+            node_id, axis = self.volume_node.GetID(), geometry.axis
+            extent = list(segments_volume_extent(self.volume_node))
+            extent[2 * axis], extent[2 * axis + 1] = changed[0], changed[-1]
+            values = engine.mask()[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
+            edit = write_region(self.segmentation_node, self.segment_id, self.volume_node, extent, values,
+                                self.settings.protect_other_segments)
+            before = {i: self.propagated_episodes.get((node_id, axis, i)) for i in changed}
+            sessions = [engine.records[i].session for op in operations if op.run is not None for i in op.run.slices]
+            self.volume_runs.append(VolumeRun(engine, [edit], changed, len(operations), sessions, before))
+            for i in changed:
+                self.propagated_episodes[(node_id, axis, i)] = engine.records[i].session.episode_id
+            self._draw()  # the placed prompt was the propagated slice's: the markups show this slice's again
+            again = [i for i in changed if i != index]
+            reasons = [op.run.stop_reason for op in operations if op.run is not None and op.run.stop_reason]
+            self.last_status = (f"corrected slice {index}; propagated again to {len(again)} slices onward" +
+                                "".join(f"; {r}" for r in reasons))
+            return self.last_status
+
+        return self._work(f"Correcting slice {index} and propagating onward", compute, apply, long=True,
+                          progress=progress)
+
     def undo_propagation(self) -> bool:
-        """Take back the last propagation: those slices get back exactly what they held."""
-        if not self.volume_edits:
+        """Take back the last propagation run (or correction of a propagated slice): those slices get back
+        exactly what they held, and their episodes are closed in the log as undone (never exported)."""
+        if not self.volume_runs:
             return False
-        for edit in reversed(self.volume_edits.pop()):
+        run = self.volume_runs.pop()
+        axis, node_id = self.geometry.axis, self.volume_node.GetID()
+        if run.operations:  # a correction: its steps and runs in the engine it shares with the run it corrected
+            for session in run.sessions:
+                if not session.finished:
+                    session.finish(accepted=False, status="undone")
+            for _ in range(run.operations):
+                run.engine.undo()
+            for edit in reversed(run.edits):
+                restore_region(self.segmentation_node, self.segment_id, self.volume_node, edit)
+            for k, episode in run.episodes_before.items():
+                if episode is None:
+                    self.propagated_episodes.pop((node_id, axis, k), None)
+                else:
+                    self.propagated_episodes[(node_id, axis, k)] = episode
+            self._draw()
+            return True
+        for k in run.slices:
+            if self.propagated_episodes.get((node_id, axis, k)) == run.engine.records[k].session.episode_id:
+                del self.propagated_episodes[(node_id, axis, k)]
+        for edit in reversed(run.edits):
             restore_region(self.segmentation_node, self.segment_id, self.volume_node, edit)
+        run.engine.finish(accepted=False, status="undone")
+        run.engine.close()
         return True
+
+    def _finish_volume_runs(self, accepted: bool) -> None:
+        """End the propagated slices' episodes: a slice's newest run holds what the segment shows (accepted
+        with the session when the clinician finishes), older runs' versions of it are superseded."""
+        shown: set[int] = set()
+        for run in reversed(self.volume_runs):
+            for index in run.slices:
+                record = run.engine.records.get(index)
+                if record is not None and record.session is not None and not record.session.finished:
+                    record.session.finish(accepted=accepted and index not in shown,
+                                          status="finished" if index not in shown else "superseded")
+            shown.update(run.slices)
+        engines = list({id(run.engine): run.engine for run in self.volume_runs}.values())  # a correction shares one
+        for engine in engines:  # after every run's slices: what is left open was replaced
+            engine.finish(accepted=False, status="superseded" if accepted else "abandoned")
+            engine.close()
+        self.volume_runs = []
 
     # -- undo / finish ------------------------------------------------------------------------------------
     def undo(self, count: int = 1) -> int:
@@ -465,12 +680,14 @@ class AgentLogic:
         """End the session: the mask stays as a normal segment; the log marks it accepted ground truth."""
         session = self._require_session()
         session.finish(accepted=accepted, status="finished" if accepted else "abandoned")
+        self._finish_volume_runs(accepted)
         return self._close()
 
     def abandon(self) -> Optional[Path]:
         """Close an open session without marking it accepted (a new Start, scene close)."""
         if self.active:
             self.session.finish(accepted=False, status="abandoned")
+        self._finish_volume_runs(False)
         return self._close()
 
     def _close(self) -> Optional[Path]:

@@ -227,39 +227,64 @@ class SessionMarkups:
             raise MarkupsError("the box does not overlap the slice")
         return Box(int(x1), int(y1), int(x2), int(y2))
 
-    def read_edit(self, geometry: SliceGeometry) -> Optional[tuple[Action, str]]:
-        """The clinician's action since the markups were drawn, with what they did; None if nothing changed.
-
-        Order: a new point (the newest, in either node), a new or changed box, the proposed box resized, the
-        proposed point moved or flipped.
-        """
+    def _edited(self) -> Optional[tuple]:
+        """The node (and control point) of the clinician's newest edit since the markups were drawn: (role,
+        node, point index, positive); None if nothing changed. Order: a new point (the newest, in either node),
+        a new or changed box, the proposed box resized, the proposed point moved or flipped."""
         newest = None
         for role, positive in (("positive", True), ("negative", False)):
             node = self.node(role)
             before = self._snapshot.counts.get(role, 0)
             for index in range(before, node.GetNumberOfControlPoints()):
                 # markups keep no placement time; the later index and node order decide
-                newest = (node, index, positive)
+                newest = (role, node, index, positive)
         if newest is not None:
-            node, index, positive = newest
-            return self.point_action(node, index, geometry, positive), "placed a new point"
+            return newest
         box_node = self.node("box")
         if self._roi_state(box_node) != self._snapshot.box and box_node.GetNumberOfControlPoints():
-            return self.box_action(box_node, geometry), "drew a new box"
+            return "box", box_node, 0, True
         proposed_box = self.node("proposed box")
         if self._roi_state(proposed_box) != self._snapshot.proposal_box and proposed_box.GetNumberOfControlPoints():
-            return self.box_action(proposed_box, geometry), "resized the proposed box"
+            return "proposed box", proposed_box, 0, True
         proposal = self.node("proposal")
         state = self._point_state(proposal)
         if state is not None and state != self._snapshot.proposal_point:
-            positive = proposal.GetNthControlPointDescription(0) == "positive"
-            what = []
-            if self._snapshot.proposal_point and state[:3] != self._snapshot.proposal_point[:3]:
-                what.append("moved")
-            if self._snapshot.proposal_point and state[3] != self._snapshot.proposal_point[3]:
-                what.append("flipped")
-            return self.point_action(proposal, 0, geometry, positive), " and ".join(what) + " the proposed point"
+            return "proposal", proposal, 0, proposal.GetNthControlPointDescription(0) == "positive"
         return None
+
+    def read_edit(self, geometry: SliceGeometry) -> Optional[tuple[Action, str]]:
+        """The clinician's action since the markups were drawn, with what they did; None if nothing changed
+        (``_edited`` says which edit counts)."""
+        edited = self._edited()
+        if edited is None:
+            return None
+        role, node, index, positive = edited
+        if role in ("positive", "negative"):
+            return self.point_action(node, index, geometry, positive), "placed a new point"
+        if role == "box":
+            return self.box_action(node, geometry), "drew a new box"
+        if role == "proposed box":
+            return self.box_action(node, geometry), "resized the proposed box"
+        state = self._point_state(node)
+        what = []
+        if self._snapshot.proposal_point and state[:3] != self._snapshot.proposal_point[:3]:
+            what.append("moved")
+        if self._snapshot.proposal_point and state[3] != self._snapshot.proposal_point[3]:
+            what.append("flipped")
+        return self.point_action(node, 0, geometry, positive), " and ".join(what) + " the proposed point"
+
+    def edit_position(self) -> Optional[np.ndarray]:
+        """World RAS of the newest edit (a point, or a box's centre): which slice the clinician placed it on."""
+        edited = self._edited()
+        if edited is None:
+            return None
+        role, node, index, _ = edited
+        ras = [0.0, 0.0, 0.0]
+        if role in ROI_ROLES:
+            node.GetCenterWorld(ras)
+        else:
+            node.GetNthControlPointPositionWorld(index, ras)
+        return np.asarray(ras, float)
 
     def new_inputs(self) -> dict:
         """The clinician's prompts placed since the markups were last drawn, in world RAS: the points per

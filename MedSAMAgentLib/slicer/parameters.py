@@ -22,7 +22,7 @@ SLICE_VIEWS = ("Red", "Yellow", "Green")
 # "percentiles": the 0.5-99.5 percentile range of the volume's non-zero voxels; or a named CT window.
 WINDOWS = ("auto", "percentiles", "abdomen", "liver", "lung", "pelvis", "soft_tissue")
 # The panel offers the policies that can run without ground truth (``oracle`` reads it: evaluation only).
-PANEL_POLICIES = ("builtin", "mllm")
+PANEL_POLICIES = ("builtin", "learned", "mllm")
 # Tools and the Python module each needs beyond the built-in one (SAM-family tools also need a checkpoint).
 TOOL_MODULES = {"litemedsam": None, "sam": "segment_anything", "medsam": "segment_anything", "sam2": "sam2",
                 "medsam2": "sam2"}

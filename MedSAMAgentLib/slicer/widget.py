@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 
 from ..actions import describe
 from . import dependencies
-from .logic import AgentLogic, AgentLogicError
+from .logic import AgentLogic, AgentLogicError, PropagationProgress
 from .parameters import (PANEL_POLICIES, WINDOWS, AgentSettings, available_tools, find_or_create_parameter_node,
                          get_nodes, read_settings, set_nodes, write_settings)
 from .placing import PlaceMode
@@ -52,6 +52,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._blocked = ""  # why the panel cannot run here (Slicer too old)
         self._shortcuts = []
         self._progress = None
+        self._sliceProgress = None  # the running propagation's (cancelled when the scene closes)
         self._placing = PlaceMode()
 
     # -- life cycle -------------------------------------------------------------------------------------------
@@ -159,9 +160,12 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._autopilot = False
         self._autopilotTimer.stop()
         self._placing.stop()
+        if self._sliceProgress is not None:  # a propagation stops at its next slice instead of running on
+            self._sliceProgress.cancel.set()
         self.worker.drain()  # nothing may still compute on this scene; its result is dropped (epoch)
         if self.logic is not None:
             self.logic.abandon()
+            self.logic.propagated_episodes.clear()  # node IDs are reused by the next scene
         self.setParameterNode(None)
         self.refresh()
 
@@ -250,9 +254,11 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return read_settings(self._parameterNode)
 
     # -- running work without freezing the GUI ----------------------------------------------------------------
-    def runWork(self, work, then=None):
+    def runWork(self, work, then=None, progress=None):
         """Compute ``work`` on the worker while this thread waits (events processed, GIL released), then
-        apply it here; failures become the panel's message."""
+        apply it here; failures become the panel's message. With a ``PropagationProgress`` the dialog counts
+        the slices and its Cancel stops the work between slices (what was done is kept and applied) instead of
+        dropping the result."""
         if work is None:
             return
         self._busy = True
@@ -260,9 +266,14 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = work.label + "..."
         self.updateButtons()
         try:
-            result = self.worker.run(work.compute, slicer.app.processEvents, slow_after=SLOW_AFTER_S,
-                                     on_slow=(lambda: self._showProgress(work.label)) if work.long else None,
-                                     cancelled=self._progressCancelled)
+            if progress is not None:
+                self._showSliceProgress(progress)
+                result = self.worker.run(work.compute, lambda: self._tickSliceProgress(progress))
+                self._progress.setValue(min(progress.done, max(progress.total, 1)))  # the last slice's count
+            else:
+                result = self.worker.run(work.compute, slicer.app.processEvents, slow_after=SLOW_AFTER_S,
+                                         on_slow=(lambda: self._showProgress(work.label)) if work.long else None,
+                                         cancelled=self._progressCancelled)
             self._closeProgress()
             status = self.logic.apply(work, result)
             if then is not None:
@@ -280,6 +291,24 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parent=slicer.util.mainWindow(), value=0, maximum=0, windowTitle="MedSAMAgent",
             labelText=label + " (the first run loads the model)...", windowModality=qt.Qt.WindowModal)
         self._progress.show()
+
+    def _showSliceProgress(self, progress):
+        self._progress = slicer.util.createProgressDialog(
+            parent=slicer.util.mainWindow(), value=0, maximum=max(progress.total, 1), windowTitle="MedSAMAgent",
+            labelText=progress.describe(), windowModality=qt.Qt.WindowModal)
+        self._progress.canceled.connect(progress.cancel.set)
+        self._progress.show()
+
+    def _tickSliceProgress(self, progress):
+        """One round of the wait: events, then the dialog follows the worker's count (read here, on the GUI
+        thread); a Cancel press reaches the engine through ``progress.cancel``."""
+        slicer.app.processEvents()
+        if self._progress is None:
+            return
+        if self._progress.wasCanceled():
+            progress.cancel.set()
+        self._progress.setValue(min(progress.done, max(progress.total, 1)))
+        self._progress.setLabelText(progress.describe() + (" (cancelling...)" if progress.cancel.is_set() else ""))
 
     def _progressCancelled(self):
         return self._progress is not None and self._progress.wasCanceled()
@@ -350,6 +379,10 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         write_settings(self._parameterNode, settings)
         self.ui.segmentSelector.setCurrentSegmentID(self.logic.segment_id)
         self.ui.lastLogLabel.text = f"Logging to {self.logic.log_path}" if self.logic.log_path else ""
+        last = max(self.logic.slice_count - 1, 0)  # the slice range: the whole volume unless narrowed
+        for box, value in ((self.ui.propagateFirstSpinBox, 0), (self.ui.propagateLastSpinBox, last)):
+            box.minimum, box.maximum = 0, last
+            box.value = value
 
     def onAccept(self):
         if not self._busy:
@@ -367,7 +400,15 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         "Override again.")
             return
         self.logic.set_override_mode(False)
-        self.runWork(self.guarded(self.logic.override_work))
+        # a click/box placed on a propagated slice corrects that slice and propagates again onward, within the
+        # slice range, counted in the progress dialog (Cancel keeps the slices done)
+        progress = self._sliceProgress = PropagationProgress()
+        work = self.guarded(self.logic.override_work, self.ui.propagateFirstSpinBox.value,
+                            self.ui.propagateLastSpinBox.value, progress)
+        try:
+            self.runWork(work, progress=work.progress if work is not None else None)
+        finally:
+            self._sliceProgress = None
 
     def onFlip(self):
         if not self._busy:
@@ -405,11 +446,18 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refresh()
 
     def onPropagate(self):
-        """3D propagation from this slice (cancel in the progress dialog stops it between slices)."""
+        """Continue through the volume from this slice, within the slice range; the progress dialog counts the
+        slices and its Cancel stops between slices, keeping the ones done."""
         if self._busy or self.logic is None or not self.logic.active:
             return
         self.onPause()
-        self.runWork(self.guarded(self.logic.propagate_work, None, None, self._progressCancelled))
+        progress = self._sliceProgress = PropagationProgress()
+        work = self.guarded(self.logic.propagate_work, self.ui.propagateFirstSpinBox.value,
+                            self.ui.propagateLastSpinBox.value, progress)
+        try:
+            self.runWork(work, progress=progress)
+        finally:
+            self._sliceProgress = None
 
     def onUndo(self):
         """The last propagation first, else the last step of this slice."""
@@ -488,6 +536,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.rejectButton.enabled = idle and pending
         self.ui.continueButton.enabled = idle and active and not self._autopilot
         self.ui.pauseButton.enabled = self._autopilot
-        self.ui.undoButton.enabled = idle and active and bool(self.logic.session.steps or self.logic.volume_edits)
+        self.ui.undoButton.enabled = idle and active and bool(self.logic.session.steps or self.logic.volume_runs)
         self.ui.finishButton.enabled = idle and active
         self.ui.propagateButton.enabled = idle and active and bool(self.logic.session.mask.any())
+        self.ui.propagateFirstSpinBox.enabled = self.ui.propagateLastSpinBox.enabled = idle and active

@@ -3,8 +3,13 @@
 
 Preprocessing is upstream LiteMedSAM's (AGENT_PROTOCOL.md): longest side to 256, pad bottom/right to
 256x256, min-max to [0, 1], box in 256-pixel coordinates; not the package's ``predict_array``, which stretches
-the image to a square. LiteMedSAM was trained with boxes only: the newest box makes the mask, and clicks are
-handed to ``refine_with_clicks`` (a separate module) instead of the decoder.
+the image to a square. LiteMedSAM was trained with boxes only: the newest box makes the mask. Clicks go either
+to a click-trained copy of its prompt encoder + mask decoder (``clicks="decoder"``; trained by
+learning/click_decoder.py; a shipped file would sit in data/click_decoder, SHA-256 checked, but none is shipped
+yet -- it lost to the geodesic refinement, README) under the protocol's update rule --
+the newest click plus the previous step's low-res logits -- or to ``refine_with_clicks`` (``clicks="geodesic"``,
+a separate module), the tool's behaviour before issue 14. ``CLICK_MODE`` is the default, chosen by the
+leave-datasets-out measurement in the README.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ LOW_RES = 256  # side of the decoder's low-resolution logits
 # logits are shifted by it, so 0 is the mask's edge downstream (masks, probabilities, click refinement).
 MASK_THRESHOLD = -1.0
 _CACHE_SIZE = 8  # embeddings kept, so flipping between a few slices costs nothing
+CLICK_MODES = ("decoder", "geodesic")
+CLICK_MODE = "geodesic"  # the default; see the module docstring
+CLICK_DECODER = Path(__file__).resolve().parent.parent / "data" / "click_decoder" / "litemedsam_click_decoder.pt"
+CLICK_DECODER_SHA256 = ""  # of the shipped file; set with it
 
 
 def file_sha256(path: str | Path) -> str:
@@ -58,9 +67,11 @@ class LiteMedSAM:
     trained_with_clicks = False
 
     def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None,
-                 runtime: Optional[str] = None):
+                 runtime: Optional[str] = None, clicks: Optional[str] = None,
+                 click_decoder: Optional[str | Path] = None):
         """``runtime``: the encoder's on the CPU, "openvino" or "torch" (default: ``$MEDSAM_AGENT_RUNTIME``,
-        else "openvino"; see tools/runtime.py)."""
+        else "openvino"; see tools/runtime.py). ``clicks``: "decoder" or "geodesic" (default ``CLICK_MODE``);
+        ``click_decoder``: another click-decoder weights file (e.g. a leave-out fold's; not SHA-checked)."""
         import warnings
 
         import torch
@@ -106,6 +117,15 @@ class LiteMedSAM:
         self.encode_count = 0  # how many embeddings were computed (tests and benchmarks read it)
         self.cache_size = _CACHE_SIZE  # a volume session raises it to hold the slices it computes ahead
         self._cache_lock = threading.RLock()  # set_image and precompute (another thread) share the cache
+        self.clicks = (clicks or CLICK_MODE).strip().lower()
+        if self.clicks not in CLICK_MODES:
+            raise ToolError(f"the litemedsam clicks option must be one of {', '.join(CLICK_MODES)}, got {clicks!r}")
+        self._click_net = None  # (prompt encoder, mask decoder) click-trained, loaded on the first click
+        self._click_path = Path(click_decoder) if click_decoder else CLICK_DECODER
+        self._click_sha = None if click_decoder else CLICK_DECODER_SHA256
+        if self.clicks == "decoder":
+            self.trained_with_clicks = True
+            self.version += f"+clicks:{(self._click_sha or self._click_path.name)[:12]}"
 
     # -- image --------------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, key: Optional[str] = None) -> None:
@@ -192,6 +212,18 @@ class LiteMedSAM:
             )
         return logits[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
 
+    def click_network(self):
+        """The click-trained (prompt encoder, mask decoder, windowed), loaded and SHA-256 checked on first use."""
+        if self._click_net is None:
+            from ..learning.click_decoder import load_click_decoder
+
+            if self._click_sha == "":
+                raise ToolError(f"no click decoder is shipped with this package ({self._click_path}); "
+                                "use the tool option clicks=geodesic")
+            pe, md, local = load_click_decoder(self.net, self._click_path, self._click_sha)
+            self._click_net = (pe.to(self.device), md.to(self.device), local)
+        return self._click_net
+
     def upsample(self, logits: np.ndarray) -> np.ndarray:
         """Low-res logits (256 x 256 over the padded square) -> logits at the image's own resolution."""
         torch = self._torch
@@ -208,18 +240,12 @@ class LiteMedSAM:
         prompts = [a for a in actions if isinstance(a, (Box, Point))]
         if not prompts:
             raise ToolError("predict needs at least one box or point")
+        if self.clicks == "decoder":
+            return self._predict_decoder(actions, prompts, previous)
         box_index = max((i for i, a in enumerate(prompts) if isinstance(a, Box)), default=None)
         clicks = [a for a in prompts[(box_index + 1 if box_index is not None else 0):] if isinstance(a, Point)]
         if box_index is not None:
-            box = prompts[box_index]
-            self.last_box = box.as_list()
-            cache_key = (self._key, tuple(box.as_list()))
-            if cache_key not in self._boxes:  # each click re-reads the box's output, never re-decodes it
-                self._boxes[cache_key] = self.decode(box=box.as_list())
-                if len(self._boxes) > _CACHE_SIZE:
-                    self._boxes.popitem(last=False)
-            self._boxes.move_to_end(cache_key)
-            logits, scores = self._boxes[cache_key]
+            logits, scores = self._box_output(prompts[box_index])
         else:  # clicks only: the decoder's own point prompts give the starting mask
             pts = np.array([[p.x, p.y] for p in clicks], np.float32)
             labels = np.array([int(p.positive) for p in clicks])
@@ -239,3 +265,61 @@ class LiteMedSAM:
                                       clicks, key=self._key)
         return Prediction(mask=full_logits > 0, logits=logits, score=score,
                           probability=1.0 / (1.0 + np.exp(-full_logits)))
+
+    def _box_output(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """LiteMedSAM's own output for ``box``: each click re-reads it, never re-decodes it."""
+        self.last_box = box.as_list()
+        cache_key = (self._key, tuple(box.as_list()))
+        if cache_key not in self._boxes:
+            self._boxes[cache_key] = self.decode(box=box.as_list())
+            if len(self._boxes) > _CACHE_SIZE:
+                self._boxes.popitem(last=False)
+        self._boxes.move_to_end(cache_key)
+        return self._boxes[cache_key]
+
+    def _predict_decoder(self, actions: Sequence[Action], prompts: list, previous: Optional[Prediction]) -> Prediction:
+        """``clicks="decoder"``: a newest box gives LiteMedSAM's box mask (its calibration folded into the
+        low-res logits, so 0 is the edge everywhere); a newest click goes to the click-trained decoder with
+        the previous step's low-res logits (the protocol's update rule; ``click_decoder.click_step`` adds the
+        decoder's correction to them). Without a usable previous mask, the mask is rebuilt from the prompts:
+        the newest box's output (or, with no box, LiteMedSAM's own output for the first click), then each
+        later click in turn."""
+        newest = prompts[-1]
+        if isinstance(newest, Box):
+            logits, scores = self._box_output(newest)
+            low, score = (logits[:1] - MASK_THRESHOLD).astype(np.float32), float(scores[0])
+        elif previous is not None and np.shape(previous.logits) == (1, LOW_RES, LOW_RES):
+            low, score = self._click_step(newest, previous.logits)
+        else:
+            box_index = max((i for i, a in enumerate(prompts) if isinstance(a, Box)), default=None)
+            clicks = [a for a in prompts[(box_index + 1 if box_index is not None else 0):] if isinstance(a, Point)]
+            if box_index is not None:
+                logits, scores = self._box_output(prompts[box_index])
+                low, score = (logits[:1] - MASK_THRESHOLD).astype(np.float32), float(scores[0])
+            else:
+                first = clicks.pop(0)
+                logits, scores = self.decode(points=np.array([[first.x, first.y]], np.float32),
+                                             labels=np.array([int(first.positive)]), multimask=True)
+                best = int(np.argmax(scores))
+                low, score = logits[best : best + 1].astype(np.float32), float(scores[best])
+            for click in clicks:
+                low, score = self._click_step(click, low)
+        full = self.upsample(low[0])
+        return Prediction(mask=full > 0, logits=low, score=float(np.clip(score, 0.0, 1.0)),
+                          probability=1.0 / (1.0 + np.exp(-full)))
+
+    def _click_step(self, click: Point, previous_logits: np.ndarray) -> tuple[np.ndarray, float]:
+        """(low-res logits 1 x 256 x 256, predicted IoU) after ``click`` on ``previous_logits``."""
+        torch = self._torch
+        from ..learning.click_decoder import click_step
+
+        if self._embedding is None:
+            raise ToolError("set_image must be called before predict")
+        prompt_encoder, mask_decoder, local = self.click_network()
+        s = self.scale
+        with torch.inference_mode():
+            points = torch.tensor([[[click.x * s, click.y * s]]], dtype=torch.float32, device=self.device)
+            labels = torch.tensor([[int(click.positive)]], dtype=torch.int64, device=self.device)
+            previous = torch.tensor(np.asarray(previous_logits, np.float32)[None], device=self.device)
+            logits, iou = click_step(prompt_encoder, mask_decoder, self._embedding, points, labels, previous, local)
+        return logits[0].float().cpu().numpy(), float(iou[0, 0])

@@ -9,6 +9,10 @@
   an ``<image>`` placeholder, ``images`` as PNG bytes, ``ability``, ``reward_model`` {style, ground_truth = the
   ground-truth mask PNG}, ``extra_info``) plus the release's columns (``id``, ``target_description``, ``mask``
   PNG bytes) and ``engine_image`` (the HxW RGB image the tool works on, PNG), one row per distinct task.
+  Multi-turn: ``agent_name`` = ``tool_agent`` and ``extra_info.tools_kwargs`` (each tool's ``create_kwargs``
+  carry the task) for ``training.verl_tools``; the system message has no tools block, because the trainer's
+  chat template renders the tool schemas (``training.environment.trainer_system_prompt``). The same rows feed
+  TRL (``training.trl_env.trl_dataset``).
 
 Which episodes: only finished episodes whose end record is ``accepted`` (a clinician approved the final mask,
 or a generated expert trajectory). Where each piece comes from:
@@ -16,6 +20,9 @@ or a generated expert trajectory). Where each piece comes from:
   else the case ``meta["case_id"]`` of ``meta["manifest"]`` reloaded;
 - the ground truth: ``meta["mask_path"]`` (generated logs), else the manifest case, else the accepted final mask
   (a clinician's session: what the clinician approved *is* the ground truth).
+
+An episode that a later session names in ``meta.corrects_episode`` (the clinician redid that propagated slice)
+is left out: the correction, not the propagation it replaced, is the expert data (``corrected_episodes``).
 
 ``min_iou`` drops episodes whose final mask is below that IoU against the ground truth (weak expert runs).
 ``only_accepted`` / ``only_corrections`` keep single steps instead of whole episodes: agent proposals the
@@ -223,15 +230,41 @@ def load_export_episodes(paths: Sequence[str | os.PathLike], report: ExportRepor
     """Exportable episodes; with ``min_iou`` only those whose final mask reaches it against the ground truth."""
     from ..metrics import iou
 
-    for log in log_files(paths):
+    files = log_files(paths)
+    replaced = corrected_episodes(files)
+    for log in files:
         for episode in read_episodes(log):
             prepared = prepare(episode, log, need_ground_truth or min_iou > 0)
-            if isinstance(prepared, str):
+            if episode.episode_id in replaced:
+                report.skip("episodes a clinician's later correction replaced (meta.corrects_episode)")
+            elif isinstance(prepared, str):
                 report.skip(prepared)
             elif min_iou > 0 and iou(prepared.prompts[-1].mask, prepared.ground_truth) < min_iou:
                 report.skip(f"episodes ending below IoU {min_iou:g}")
             else:
                 yield prepared
+
+
+def corrected_episodes(files: Sequence[Path]) -> set[str]:
+    """Episodes that a later session names in ``meta.corrects_episode``: a slice a propagation wrote that the
+    clinician then redid on its own (the Slicer panel, Start on that slice). Only the correction is expert
+    data, whether or not it was finished: the clinician judged the propagated mask wrong. Headers only are
+    parsed (a cheap text test first), so this pass stays light next to reading the steps' masks."""
+    replaced: set[str] = set()
+    for log in files:
+        with open(log, encoding="utf-8") as handle:
+            for line in handle:
+                if '"corrects_episode"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # read_episodes warns about it
+                corrects = (record.get("meta") or {}).get("corrects_episode") if record.get("type") == "episode" \
+                    else None
+                if isinstance(corrects, str):
+                    replaced.add(corrects)
+    return replaced
 
 
 def selected_turns(episode: ExportEpisode, only_accepted: bool, only_corrections: bool) -> list[int]:
@@ -346,9 +379,15 @@ def export_llamafactory(paths: Sequence[str | os.PathLike], out: str | os.PathLi
 
 
 # -- verl ---------------------------------------------------------------------------------------------------
+VERL_AGENT = "tool_agent"  # verl's multi-turn agent loop
+
+
 def rl_schema():
     import pyarrow as pa
 
+    from ..toolcall import TOOL_NAMES
+
+    task = pa.struct([("id", pa.string()), ("engine_image", pa.binary()), ("mask", pa.binary())])
     return pa.schema([
         ("id", pa.string()),
         ("data_source", pa.string()),
@@ -362,10 +401,13 @@ def rl_schema():
             ("engine_image", pa.binary()), ("ground_truth_source", pa.string()), ("origin", pa.string()),
             ("expert_episodes", pa.int32()), ("expert_actions", pa.list_(pa.int32())),
             ("expert_final_iou", pa.list_(pa.float64())), ("episode_ids", pa.list_(pa.string())),
+            ("need_tools_kwargs", pa.bool_()),
+            ("tools_kwargs", pa.struct([(name, pa.struct([("create_kwargs", task)])) for name in TOOL_NAMES])),
         ])),
         ("target_description", pa.string()),
         ("mask", pa.binary()),
         ("engine_image", pa.binary()),
+        ("agent_name", pa.string()),
     ])
 
 
@@ -379,6 +421,8 @@ def export_verl(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
 
     from ..metrics import iou
     from ..policies.mllm_prompt import build_messages, split_images
+    from ..toolcall import TOOL_NAMES
+    from ..training.environment import trainer_system_prompt
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -402,6 +446,7 @@ def export_verl(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
             info["episode_ids"].append(episode.episode_id)
             continue
         flat, images = split_images(build_messages(episode.image, episode.target))
+        flat[0] = {"role": "system", "content": trainer_system_prompt()}  # the tools come from the tool config
         task_id = episode.meta.get("case_id") or f"{episode.log.stem}/{episode.episode_id}"
         engine_png, gt_png = png_bytes(episode.image), mask_png(gt)
         h, w = gt.shape
@@ -418,10 +463,14 @@ def export_verl(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, o
                 "ground_truth_source": episode.ground_truth_source, "origin": episode.origin,
                 "expert_episodes": 1, "expert_actions": [len(episode.prompts)], "expert_final_iou": [final_iou],
                 "episode_ids": [episode.episode_id],
+                "need_tools_kwargs": True,
+                "tools_kwargs": {name: {"create_kwargs": {"id": task_id, "engine_image": engine_png, "mask": gt_png}}
+                                 for name in TOOL_NAMES},
             },
             "target_description": episode.target,
             "mask": gt_png,
             "engine_image": engine_png,
+            "agent_name": VERL_AGENT,
         }
     table = pa.Table.from_pylist(list(rows.values()), schema=rl_schema())
     path = out / RL_FILE

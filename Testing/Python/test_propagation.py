@@ -198,3 +198,63 @@ def test_volume_protocol_reports_dice_after_corrections_and_the_reference(tool, 
     assert json.loads((tmp_path / "summary.json").read_text())["protocol"] == "volume"
     assert (tmp_path / "cases.csv").read_text().count("\n") == 2 and (tmp_path / "dice_vs_corrections.png").exists()
     assert "volumes" in format_table(summary)
+
+
+def test_the_clinician_marks_the_end_on_the_first_slice_past_it():
+    from MedSAMAgentLib.reviewers import volume_correction
+
+    gt = np.zeros((12, 20, 20), bool)
+    gt[2:7, 5:15, 5:15] = True
+    pred = gt.copy()
+    pred[7:11, 4:16, 4:16] = True  # the chain ran 4 slices past the end, the worst one furthest out
+    pred[10] = True
+    assert volume_correction(pred, gt, key=4) == (7, "clear")  # "stop here" where the structure ended
+    assert volume_correction(pred, gt) == (7, "clear")  # without a key: seen from the nearest structure slice
+    pred[7:11] = False
+    pred[3] = False  # a missed slice gets the ground-truth box
+    index, action = volume_correction(pred, gt, key=4)
+    assert index == 3 and action == gt_box(gt[3])
+
+
+def test_stop_signals_read_drift_box_filling_and_regrowth():
+    from MedSAMAgentLib.propagation_rules import (Intensity, PropagationRules, box_border, slice_signal,
+                                                  stop_reason)
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[10:30, 10:30] = 200
+    neighbour = np.zeros((40, 40), bool)
+    neighbour[12:28, 12:28] = True
+    box = Box(9, 9, 30, 30)
+    filled = np.zeros((40, 40), bool)
+    filled[9:31, 9:31] = True
+    assert box_border(neighbour, box) == 0.0 and box_border(filled, box) == 1.0
+    start = Intensity.under(image, neighbour)
+    signal = slice_signal(filled, neighbour, 0.9, image, image, start=start, box=box, smallest_area=64)
+    assert signal.border == 1.0 and signal.regrowth == filled.sum() / 64 and signal.start_intensity_shift > 0
+    assert stop_reason(signal, PropagationRules()) is None  # every new threshold is off by default
+    assert "fill the box" in stop_reason(signal, PropagationRules(stop_border=0.5))
+    assert "tapered" in stop_reason(signal, PropagationRules(stop_regrowth=2.0))
+    from MedSAMAgentLib.propagation_rules import neighbour_box
+
+    assert neighbour_box(filled, 3) == Box(6, 6, 33, 33)
+    assert neighbour_box(filled, 3, previous=Box(8, 9, 30, 31), max_growth=1) == Box(7, 8, 31, 32)
+
+
+def test_a_correction_beyond_a_gap_fills_it_back_toward_the_key_only_over_empty_slices(tool, volume_case):
+    _, volume, gt = volume_case
+    key = _key(gt)
+    session = VolumeSession(tool, volume, target="gallbladder", ground_truth=gt)
+    session.start(key, gt_box(gt[key]))
+    session.propagate(+1)
+    before = _masks(session)
+    j = key - 3
+    operations = session.correct(j, gt_box(gt[j]))
+    assert [op.kind for op in operations] == ["correct", "propagate", "propagate"]
+    gap = operations[2].run
+    assert gap.direction == 1 and gap.slices == [key - 2, key - 1], gap.stop_reason
+    assert gap.stop_reason == f"slice {key} is the clinician's"  # the key slice: nothing overwritten
+    assert all(np.array_equal(session.slice_mask(k), before[k]) for k in range(key, volume.slices))
+    for _ in range(3):
+        session.undo()
+    assert all(np.array_equal(session.slice_mask(k), before[k]) for k in before)
+    session.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -152,13 +153,35 @@ def test_text_only_scores_format_and_warns():
 def test_trl_reward_function_plain_and_conversational():
     completions = [
         text(BOX, STOP),
-        [{"role": "assistant", "content": text(BOX) + text(CLICK)},  # only the first call of a turn counts
+        [{"role": "assistant", "content": text(BOX)},
          {"role": "user", "content": "Here is the updated mask ..."},
          {"role": "assistant", "content": text(STOP)}],
     ]
     scores = reward_func(["p1", "p2"], completions, ious=[[0.80], [0.80]], dices=[[0.889], [0.889]],
                          ground_truth=[b"", b""])
     assert scores == pytest.approx([0.876, 0.876], abs=5e-4)
+
+
+def test_every_call_counts_alike_in_text_tool_calls_and_untagged_json():
+    """Both trainers execute every call of a turn, so each adapter scores every call, in order: TRL's parsed
+    ``tool_calls``, tagged text (verl) and untagged JSON (tags stripped as special tokens) give one score."""
+    info = {"ious": [0.80, 0.85], "dices": [0.889, 0.919]}
+    tagged = text(BOX) + text(CLICK) + text(STOP)  # two calls in one turn, then stop
+    untagged = tagged.replace("<tool_call>", "").replace("</tool_call>", "")
+    calls = [{"type": "function", "function": json.loads(t.split("<tool_call>")[1].split("</tool_call>")[0])}
+             for t in (text(BOX), text(CLICK), text(STOP))]
+    conversation = [{"role": "assistant", "content": "", "tool_calls": calls[:2]},  # two calls, two answers
+                    {"role": "tool", "content": "..."}, {"role": "tool", "content": "..."},
+                    {"role": "assistant", "content": "", "tool_calls": calls[2:]}, {"role": "tool", "content": "."}]
+    unanswered = conversation[:3] + [{"role": "assistant", "content": "", "tool_calls": calls[1:]}]
+    verl_scores = [compute_score("medsam_agent", s, b"", dict(info)) for s in (tagged, untagged)]
+    trl_scores = reward_func(["p", "p"], [tagged, conversation], ground_truth=[b"", b""], **{
+        k: [v, v] for k, v in info.items()})
+    assert verl_scores + trl_scores == pytest.approx([verl_scores[0]] * 4)
+    assert len(parse_actions(untagged)) == 3 and verl_scores[0] > 0.8
+    # the trainer's turn limit ended the rollout before the last turn's calls ran: they are not in the episode
+    cut = reward_func(["p"], [unanswered], ground_truth=[b""], **{k: [v] for k, v in info.items()})
+    assert cut == pytest.approx([0.2 * 0.5 + 0.8 * max(0.0, 0.5 * 0.85 + 0.5 * 0.919 - 0.02 + 0.005)])
 
 
 def test_trl_reward_replays_actions_through_the_tool(litemedsam, bundled):

@@ -115,3 +115,20 @@ def test_bad_inputs_are_named(litemedsam, bundled):
         Session(litemedsam, BuiltinPolicy(), case.image[..., 0])
     with pytest.raises(ValueError, match="ground truth is"):
         Session(litemedsam, BuiltinPolicy(), case.image, ground_truth=case.ground_truth[:10])
+
+
+def test_sessions_sharing_one_tool_each_predict_on_their_own_image(litemedsam, bundled):
+    """A volume's slices share one tool: a correction on an earlier slice, made after the tool has moved on to
+    another slice, must still be computed on the earlier slice's image."""
+    first, other = list(bundled.values())[:2]
+    box = gt_box(first.ground_truth)
+    click = Point(box.x1 + (box.x2 - box.x1) // 2, box.y1 + (box.y2 - box.y1) // 2, positive=True)
+    alone = Session(litemedsam, OracleExpert(first.ground_truth, seed=1), first.image)
+    alone.place(box)
+    alone.place(click)
+    shared = Session(litemedsam, OracleExpert(first.ground_truth, seed=1), first.image)
+    shared.place(box)
+    Session(litemedsam, OracleExpert(other.ground_truth, seed=1), other.image).place(gt_box(other.ground_truth))
+    shared.place(click)  # the tool's current image is now the other case's
+    assert np.array_equal(shared.mask, alone.mask)
+    assert np.array_equal(shared.preview(click).mask, alone.preview(click).mask)

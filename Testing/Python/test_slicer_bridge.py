@@ -12,6 +12,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
+import torch  # noqa: E402
+
 from MedSAMAgentLib.actions import Box, Point, Stop  # noqa: E402
 from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA  # noqa: E402
 from MedSAMAgentLib.slicer.geometry import slice_geometry  # noqa: E402
@@ -427,8 +429,9 @@ def test_start_needs_inputs_and_a_hint_for_hint_policies(env, logic_factory):
 
 
 def test_propagation_writes_and_undoes_a_3d_segment(env, logic_factory, tmp_path):
-    """Propagate from a box on the liver's largest slice: the neighbouring slices of the segment are written as
-    3D regions (the key slice and another segment untouched); undo gives the segment back exactly."""
+    """Propagate from a box on the liver's largest slice within a slice range: the neighbouring slices of the
+    segment are written as 3D regions (the key slice and another segment untouched); undo gives the segment
+    back exactly; a second run is accepted at Finish and every propagated slice is a 2D episode in the log."""
     volume, _ = load_volume(CT, "ct")
     _, labels = load_volume(CT_LABELS, "labels")
     liver = labels == LIVER
@@ -449,13 +452,16 @@ def test_propagation_writes_and_undoes_a_3d_segment(env, logic_factory, tmp_path
     segments.write_region(seg, other, volume, segments.volume_extent(volume), blocker, protect_other_segments=False)
     truth = geometry.extract(liver)
     logic = logic_factory()
-    settings = AgentSettings(policy="oracle", target="liver", max_actions=1)
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
+                             log_folder=str(tmp_path))
     logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
     logic.continue_()
-    assert logic.session.mask.any()
+    assert logic.session.mask.any() and logic.slice_count == liver.shape[0]
     key_before = segment_array(seg, logic.segment_id, volume)
     other_before = segment_array(seg, other, volume)
-    status = logic.run(logic.propagate_work(until=k + 2))
+    with pytest.raises(AgentLogicError, match="must hold this slice"):
+        logic.propagate_work(first=k + 1, last=k + 2)
+    status = logic.run(logic.propagate_work(first=k, last=k + 2))
     assert status.startswith("propagated to 2 slices"), status
     after = segment_array(seg, logic.segment_id, volume)
     assert np.array_equal(after[k], key_before[k])  # the session's own slice is not rewritten
@@ -464,6 +470,193 @@ def test_propagation_writes_and_undoes_a_3d_segment(env, logic_factory, tmp_path
     assert not (after[k + 1] & blocker[k + 1]).any()  # the other segment's voxels are protected
     assert np.array_equal(segment_array(seg, other, volume), other_before)
     assert not after[:k].any() and not after[k + 3:].any()
+    undone = logic.volume_runs[-1]
     assert logic.undo_propagation()
     assert np.array_equal(segment_array(seg, logic.segment_id, volume), key_before)
+
+    from MedSAMAgentLib.slicer.logic import PropagationProgress
+
+    progress = PropagationProgress()
+    status = logic.run(logic.propagate_work(first=k - 1, last=k + 1, progress=progress))
+    assert status.startswith("propagated to 2 slices") and progress.done == 2 == progress.total, status
+    written = segment_array(seg, logic.segment_id, volume)
+    assert written[k - 1].any() and written[k + 1].any() and not written[k + 2].any()
+    path = logic.finish()
+    episodes = read_episodes(path)
+    key = [e for e in episodes if "origin" not in e.header["meta"]]  # the panel's sessions; engine slices have one
+    assert len(key) == 1 and key[0].accepted  # the panel's own session: logged once, not again by the engine
+    propagated = {e.header["meta"]["slice"]: e for e in episodes if e.header["meta"].get("origin") == "propagated"}
+    assert set(propagated) == {k - 1, k + 1, k + 2}
+    for index in (k - 1, k + 1):
+        episode = next(e for e in episodes if e.header["meta"].get("origin") == "propagated" and e.accepted and
+                       e.header["meta"]["slice"] == index)
+        meta = episode.header["meta"]
+        assert meta["source"] == "slicer" and meta["volume_identity"]["name"] == "ct"
+        assert meta["key_episode"] == key[0].episode_id
+        # what the segment shows, less the other segment's voxels (axial: the engine's plane is the volume's)
+        assert np.array_equal(episode.final_mask & ~blocker[index], written[index])
+    dropped = [e for e in episodes if e.header["meta"].get("propagation_run") and not e.accepted]
+    assert {e.header["meta"]["slice"] for e in dropped} >= {k + 2} and \
+        all(e.end["status"] in ("undone", "superseded") for e in dropped)
+    assert {e.episode_id for e in dropped} >= {r.session.episode_id for r in undone.engine.records.values()
+                                               if r.origin == "propagated"}
+    # the clinician then redoes propagated slice k+1 in a session of its own: its log names what it corrects
+    node = env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)),
+                                                                   k + 1, 1.0])[:3]))
+    assert slice_geometry(volume, node).index == k + 1
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=slice_geometry(volume, node).extract(liver),
+                               policy_options=ORACLE))
+    fixed = read_episodes(logic.finish())[-1]
+    accepted_k1 = next(e for e in episodes if e.accepted and e.header["meta"].get("slice") == k + 1)
+    assert fixed.header["meta"]["corrects_episode"] == accepted_k1.episode_id
+
+
+def test_sam2_propagation_from_the_panel_seeds_the_memory_with_the_slice_prompts(env, tmp_path):
+    """MedSAM2 (tiny random weights, loaded as users load it) in a sagittal view: the clinician's click on the
+    panel's slice reaches SAM2's video predictor on the same voxel of the volume's own plane, the slice range
+    bounds the run, the segment is written and Undo takes it back exactly."""
+    pytest.importorskip("sam2")
+    from test_propagation_sam2 import IMAGE_SIZE, tiny_medsam2
+
+    from MedSAMAgentLib.propagation_sam2 import SAM2VolumeSession
+
+    tool = tiny_medsam2(tmp_path)
+    volume, liver = _ct(env)
+    node = env.show("Yellow", volume, ras=centre_ras(volume, liver))
+    geometry = slice_geometry(volume, node)
+    assert geometry.axis == 0
+    truth = geometry.extract(liver)
+    ys, xs = np.nonzero(truth)
+    click = Point(int(np.median(xs)), int(np.median(ys)), True)
+    logic = AgentLogic(env.scene, tool_factory=lambda *args, **kwargs: tool)
+    logic.input_markups().node("positive").AddControlPointWorld(*geometry.pixel_to_ras_point(click.x, click.y))
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, tool="medsam2", log_enabled=False)
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
+    assert logic.session.steps[0].applied == click and logic.session.mask.any()
+    before = segment_array(seg, logic.segment_id, volume)
+    index = geometry.index
+    status = logic.run(logic.propagate_work(first=index - 1, last=index + 2))
+    run = logic.volume_runs[-1]
+    assert isinstance(run.engine, SAM2VolumeSession) and status.startswith("propagated to 3 slices"), status
+    i, j, k = np.rint(geometry.pixel_to_ijk_point(click.x, click.y)).astype(int)
+    assert i == index
+    inputs = run.engine.state["point_inputs_per_obj"][0][index]
+    dims = volume.GetImageData().GetDimensions()  # the sagittal plane of the volume: rows k, columns j
+    expected = torch.tensor([[j / dims[1], k / dims[2]]], dtype=torch.float32) * IMAGE_SIZE
+    assert inputs["point_labels"].tolist() == [[1]] and torch.allclose(inputs["point_coords"][0].cpu(), expected)
+    written = segment_array(seg, logic.segment_id, volume)
+    assert run.slices == [index - 1, index + 1, index + 2]
+    for s in run.slices:
+        assert np.array_equal(written[:, :, s], run.engine.slice_mask(s))
+    outside = [s for s in range(dims[0]) if s not in run.slices]
+    assert np.array_equal(written[:, :, outside], before[:, :, outside])  # the key slice and beyond the range
+    # a click on propagated slice index+1 (Override): a prompt on that frame of SAM2's memory, index+2 tracked
+    # again from it; Undo takes the correction back exactly
+    from dataclasses import replace
+
+    fix_click = Point(click.x + 3, click.y + 2, True)
+    at = replace(geometry, index=index + 1)
+    logic.input_markups().node("positive").AddControlPointWorld(*at.pixel_to_ras_point(fix_click.x, fix_click.y))
+    assert logic.edit_slice() == index + 1
+    status = logic.run(logic.override_work(first=index - 1, last=index + 2))
+    assert status.startswith(f"corrected slice {index + 1}"), status
+    assert index + 1 in run.engine.state["point_inputs_per_obj"][0]  # now a conditioning frame of the memory
+    assert logic.volume_runs[-1].slices == [index + 1, index + 2]
+    fixed = segment_array(seg, logic.segment_id, volume)
+    for s in (index + 1, index + 2):
+        assert np.array_equal(fixed[:, :, s], run.engine.slice_mask(s))
+    others = [s for s in range(dims[0]) if s not in (index + 1, index + 2)]
+    assert np.array_equal(fixed[:, :, others], written[:, :, others])
+    assert logic.undo_propagation()
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), written)
+    assert index + 1 not in run.engine.state["point_inputs_per_obj"][0]
+    assert logic.undo_propagation()
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), before)
     logic.finish()
+
+
+def test_a_correction_on_a_propagated_slice_propagates_again_onward(env, logic_factory, tmp_path):
+    """After a run, the clinician draws a box on propagated slice k+1 and presses Override: that slice is
+    corrected through the volume session and the slices beyond it are propagated again (key slice and the
+    slice before untouched), the segment is written over those slices only, the log holds the clinician's
+    correction, Undo takes the whole correction back exactly, and at Finish the corrected slice is accepted
+    while the propagated versions it replaced are not."""
+    from dataclasses import replace
+
+    volume, liver = _ct(env)
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(liver[k])
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    node = env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)), k,
+                                                                   1.0])[:3]))
+    geometry = slice_geometry(volume, node)
+    assert geometry.axis == 2 and geometry.index == k
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    logic = logic_factory()
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
+                             log_folder=str(tmp_path))
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=geometry.extract(liver),
+                               policy_options=ORACLE))
+    logic.continue_()
+    status = logic.run(logic.propagate_work(first=k - 1, last=k + 3))
+    assert status.startswith("propagated to 4 slices"), status
+    run = logic.volume_runs[-1]
+    propagated = segment_array(seg, logic.segment_id, volume)
+    old = {i: run.engine.records[i].session for i in (k + 1, k + 2, k + 3)}
+
+    # a box over the left half of the liver on slice k+1, drawn in the same view scrolled one slice on
+    at = replace(geometry, index=k + 1)
+    rows, cols = np.nonzero(at.extract(liver))
+    box = Box(int(cols.min()), int(rows.min()), int((cols.min() + cols.max()) // 2), int(rows.max()))
+    logic.markups._set_box(logic.node_for_placing("box"), at, box)  # what Slicer's ROI placement leaves
+    assert logic.edit_slice() == k + 1
+    status = logic.run(logic.override_work(first=k - 1, last=k + 3))
+    assert status.startswith(f"corrected slice {k + 1}; propagated again to"), status
+    fix = logic.volume_runs[-1]
+    assert fix.engine is run.engine and fix.slices[0] == k + 1 and fix.operations >= 2
+    corrected = segment_array(seg, logic.segment_id, volume)
+    assert np.array_equal(corrected[:k + 1], propagated[:k + 1])  # the key slice and the one below: kept
+    assert not np.array_equal(corrected[k + 1], propagated[k + 1])
+    assert corrected[k + 1].sum() < 0.8 * propagated[k + 1].sum()  # half the liver's box: a smaller mask
+    for i in fix.slices:  # what the engine holds now, on every slice it wrote
+        assert np.array_equal(corrected[i], run.engine.slice_mask(i))
+    assert set(fix.slices) >= {k + 1, k + 2}
+    session = run.engine.records[k + 1].session
+    assert session is old[k + 1] and run.engine.records[k + 1].origin == "corrected"
+    i1, j1, _ = np.rint(at.pixel_to_ijk_point(box.x1, box.y1)).astype(int)
+    i2, j2, _ = np.rint(at.pixel_to_ijk_point(box.x2, box.y2)).astype(int)
+    assert session.actions[-1] == Box(min(i1, i2), min(j1, j2), max(i1, i2), max(j1, j2))  # the volume's plane
+    assert all(run.engine.records[i].session is not old[i] for i in fix.slices if i > k + 1)
+    assert logic.propagated_episodes[(volume.GetID(), 2, k + 2)] == run.engine.records[k + 2].session.episode_id
+
+    assert logic.undo_propagation()  # the correction, as one operation
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), propagated)
+    assert all(run.engine.records[i].session is old[i] for i in old)
+    assert run.engine.records[k + 1].origin == "propagated"
+    assert logic.propagated_episodes[(volume.GetID(), 2, k + 2)] == old[k + 2].episode_id
+    undone = [s.episode_id for s in fix.sessions]
+
+    logic.markups._set_box(logic.node_for_placing("box"), at, box)  # again, and this time kept
+    logic.run(logic.override_work(first=k - 1, last=k + 3))
+    final = segment_array(seg, logic.segment_id, volume)
+    assert np.array_equal(final, corrected)  # the same correction gives the same volume
+    path = logic.finish()
+    episodes = {e.episode_id: e for e in read_episodes(path)}
+    fixed = episodes[old[k + 1].episode_id]
+    assert fixed.accepted and np.array_equal(fixed.final_mask, final[k + 1])
+    steps = [s.record for s in fixed.steps if (s.record.get("extra") or {}).get("correction")]
+    assert len(steps) == 1 and steps[0]["decision"] == "override" and steps[0]["actor"] == "clinician"
+    assert steps[0]["extra"]["slice"] == k + 1 and steps[0]["extra"]["clinician_edit"] == "drew a new box"
+    assert steps[0]["extra"]["applied_coordinates"]["ijk"][0][2] == k + 1  # logged where it was drawn
+    for i in (k + 2, k + 3):  # the propagated versions the correction replaced: never accepted
+        if i in fix.slices:
+            assert not episodes[old[i].episode_id].accepted
+            assert episodes[old[i].episode_id].end["status"] == "superseded"
+            assert episodes[run.engine.records[i].session.episode_id].accepted
+    assert undone and all(episodes[e].end["status"] == "undone" and not episodes[e].accepted for e in undone)
+    below = episodes[run.engine.records[k - 1].session.episode_id]
+    assert below.accepted, (below.end, run.slices, fix.slices)  # the other side: as it was

@@ -10,6 +10,7 @@ import importlib.util
 import re
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 import slicer_standins  # noqa: E402
+from MedSAMAgentLib.actions import Box  # noqa: E402
 from MedSAMAgentLib.manifest import BUNDLED_DATA  # noqa: E402
 from MedSAMAgentLib.slicer import dependencies, segments  # noqa: E402
 from MedSAMAgentLib.slicer.geometry import slice_geometry  # noqa: E402
@@ -113,7 +115,7 @@ def test_module_class_and_setup(panel):
     assert "5.10" in parent.helpText and parent.icon is not None and not parent.icon.isNull()
     widget = panel.setup()
     assert panel.ui.toolComboBox.currentText == "litemedsam"
-    assert [panel.ui.policyComboBox.itemText(i) for i in range(panel.ui.policyComboBox.count)] == ["builtin", "mllm"]
+    assert [panel.ui.policyComboBox.itemText(i) for i in range(panel.ui.policyComboBox.count)] == ["builtin", "learned", "mllm"]
     assert "view" not in [panel.ui.windowComboBox.itemText(i) for i in range(panel.ui.windowComboBox.count)]
     assert not panel.ui.logCheckBox.checked  # logging is opt-in
     assert not panel.ui.mllmEndpointLineEdit.visible  # MLLM fields only for the MLLM policy
@@ -228,9 +230,66 @@ def test_buttons_run_a_session(panel, tmp_path):
     rows = ui.stepsTable.rowCount
     assert rows == len(widget.logic.session.steps) >= 2
     whole = slicer_array(segmentation, segment_id, volume)
-    ui.propagateButton.click()  # through the volume, then taken back by Undo
+    index, count = geometry.index, widget.logic.slice_count
+    assert (ui.propagateFirstSpinBox.value, ui.propagateLastSpinBox.value) == (0, count - 1)  # the whole volume
+    ui.propagateFirstSpinBox.value, ui.propagateLastSpinBox.value = index - 2, index + 2
+    rows_before_fix = ui.stepsTable.rowCount
+    ui.propagateButton.click()  # through the slice range, counted in the progress dialog, then taken back by Undo
     assert widget.logic.last_status.startswith("propagated"), ui.statusLabel.text
-    assert slicer_array(segmentation, segment_id, volume).sum() > whole.sum()
+    dialog = panel.standins.dialogs.progress[-1]
+    assert dialog.maximum == 4 and dialog.value == len(widget.logic.volume_runs[-1].slices) > 0
+    after = slicer_array(segmentation, segment_id, volume)
+    assert after.sum() > whole.sum() and np.array_equal(after[index], whole[index])
+    assert np.array_equal(after[:index - 2], whole[:index - 2]) and np.array_equal(after[index + 3:], whole[index + 3:])
+    # the clinician scrolls to propagated slice index+1, draws a box over the liver's left half there and presses
+    # Override twice (unlock, apply): that slice is corrected and index+2 propagated again; Undo takes it back
+    run = widget.logic.volume_runs[-1]
+    assert index + 1 in run.slices, run.slices
+    at = replace(geometry, index=index + 1)
+    ys, xs = np.nonzero(at.extract(liver))
+    ui.placeBoxButton.click()
+    box_node = panel.headless.scene.GetNodeByID(selection.GetActivePlaceNodeID())
+    assert box_node.GetAttribute("MedSAMAgent.Role") == "box"
+    widget.logic.markups._set_box(box_node, at, Box(int(xs.min()), int(ys.min()),
+                                                    int((xs.min() + xs.max()) // 2), int(ys.max())))
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    ui.overrideButton.click()
+    ui.overrideButton.click()
+    assert not ui_error(panel), ui.statusLabel.text
+    assert widget.logic.last_status.startswith(f"corrected slice {index + 1}"), widget.logic.last_status
+    assert ui.statusLabel.text.startswith(f"Corrected slice {index + 1}")
+    fix = widget.logic.volume_runs[-1]
+    corrected = slicer_array(segmentation, segment_id, volume)
+    assert fix.slices[0] == index + 1 and set(fix.slices) <= set(range(index + 1, index + 3))  # the range's end
+    assert np.array_equal(corrected[:index + 1], after[:index + 1]) and np.array_equal(corrected[index + 3:],
+                                                                                      after[index + 3:])
+    assert corrected[index + 1].sum() < 0.8 * after[index + 1].sum()
+    for k in fix.slices:
+        assert np.array_equal(corrected[k], run.engine.slice_mask(k))
+    assert panel.standins.dialogs.progress[-1].maximum == 1  # one slice onward within the range
+    assert ui.stepsTable.rowCount == rows_before_fix  # the panel's own slice: no step added
+    ui.undoButton.click()  # the correction, as one operation
+    assert np.array_equal(slicer_array(segmentation, segment_id, volume), after)
+    ui.undoButton.click()
+    assert np.array_equal(slicer_array(segmentation, segment_id, volume), whole)
+    # the whole volume, cancelled in the dialog once a slice is done: the slices done are kept, Undo takes them
+    ui.propagateFirstSpinBox.value, ui.propagateLastSpinBox.value = 0, count - 1
+
+    def cancel_after_a_slice():
+        shown = panel.standins.dialogs.progress[-1] if panel.standins.dialogs.progress else None
+        if shown is not None and shown is not dialog and shown.value >= 1 and not shown.wasCanceled():
+            shown.cancel()
+
+    canceller = slicer_standins.QTimer()
+    canceller.timeout.connect(cancel_after_a_slice)
+    canceller.start(10)
+    ui.propagateButton.click()
+    canceller.stop()
+    assert "cancelled" in widget.logic.last_status, widget.logic.last_status
+    kept = widget.logic.volume_runs[-1].slices
+    assert 1 <= len(kept) < count - 1
+    partial = slicer_array(segmentation, segment_id, volume)
+    assert all(partial[k].any() for k in kept) and np.array_equal(partial[index], whole[index])
     ui.undoButton.click()
     assert np.array_equal(slicer_array(segmentation, segment_id, volume), whole)
     assert ui.stepsTable.rowCount == rows
@@ -243,8 +302,14 @@ def test_buttons_run_a_session(panel, tmp_path):
     ui.finishButton.click()
     assert not widget.logic.active
     log = Path(ui.lastLogLabel.text.split(" to ", 1)[1])
-    episode = read_episodes(log)[-1]
+    episodes = read_episodes(log)
+    episode = [e for e in episodes if "origin" not in e.header["meta"]][-1]  # the panel's own session
     assert episode.accepted
+    undone = [e for e in episodes if e.header["meta"].get("origin") == "propagated"]  # the runs taken back
+    assert undone and all(e.end["status"] == "undone" and not e.accepted for e in undone)
+    fixed = [s.record for e in undone for s in e.undone if (s.record.get("extra") or {}).get("correction")]
+    assert len(fixed) == 1 and fixed[0]["extra"]["slice"] == index + 1  # the correction: logged, then undone
+    assert fixed[0]["decision"] == "override" and fixed[0]["extra"]["clinician_edit"] == "drew a new box"
     first = episode.steps[0].record["extra"]["applied_coordinates"]
     assert "ras" in first and "ijk" in first
     panel.exit()

@@ -247,6 +247,53 @@ def test_clinician_session_export(tmp_path, litemedsam, bundled):
     assert report.samples == 1 and report.skipped == {"episodes not accepted": 1}
 
 
+def test_a_propagated_episode_that_a_correction_replaced_is_not_exported(tmp_path, litemedsam, bundled):
+    """The Slicer panel's 3D run: a propagated slice, accepted with the volume, that the clinician later redid
+    in a session of its own (its header names it in ``meta.corrects_episode``, in another log file): only the
+    correction is training data, in both formats; an unrelated propagated slice still is."""
+    case = bundled[CASE]
+    gt = case.ground_truth
+    propagation_log, correction_log = tmp_path / "run.jsonl", tmp_path / "later" / "fix.jsonl"
+    ids = {}
+    with TrajectoryWriter(propagation_log) as log:
+        for name, seed in (("replaced", 1), ("kept", 2)):  # two propagated slices, accepted at Finish
+            session = Session(litemedsam, OracleExpert(gt, seed=seed), case.image, target=case.case.target, log=log,
+                              meta={"source": "slicer", "origin": "propagated"})
+            session.propose()
+            session.accept()
+            session.finish(accepted=True)
+            ids[name] = session.episode_id
+    with TrajectoryWriter(correction_log) as log:
+        session = Session(litemedsam, OracleExpert(gt, seed=3), case.image, target=case.case.target, log=log,
+                          meta={"source": "slicer", "corrects_episode": ids["replaced"]})
+        session.propose()
+        session.override(Box(40, 60, 150, 170))  # the clinician's own box
+        session.finish(accepted=True)
+        ids["correction"] = session.episode_id
+
+    reason = "episodes a clinician's later correction replaced (meta.corrects_episode)"
+    report = export_llamafactory([tmp_path], tmp_path / "sft")
+    assert report.episodes == 2 and report.skipped == {reason: 1}, report.summary()
+    samples = json.loads((tmp_path / "sft" / "medsam_agent_sft.json").read_text())
+    assert len(samples) == 2
+    letterbox = Letterbox(*case.image.shape[:2])
+    first = [parse_tool_call(next(m["content"] for m in s["messages"] if m["role"] == "assistant"), letterbox)
+             for s in samples]
+    fixes = [a for a in first if isinstance(a, Box) and abs(a.x1 - 40) <= 1 and abs(a.y2 - 170) <= 1]
+    assert len(fixes) == 1, first  # the correction's own box is exported
+    report = export_llamafactory([tmp_path], tmp_path / "sft-corrections", only_corrections=True)
+    assert report.episodes == 1 and report.samples == 1
+
+    import pyarrow.parquet as pq
+
+    rl = export_verl([tmp_path], tmp_path / "rl")
+    rows = pq.read_table(rl.files[0]).to_pylist()
+    exported = {e for row in rows for e in row["extra_info"]["episode_ids"]}
+    assert exported == {ids["kept"], ids["correction"]} and rl.skipped == {reason: 1}
+    # only its own log given: the propagated episode counts again (nothing there names it as corrected)
+    assert export_llamafactory([propagation_log], tmp_path / "sft-alone").episodes == 2
+
+
 # -- stats --------------------------------------------------------------------------------------------------
 def test_stats_and_plot(generated, episodes, tmp_path):
     stats = collect([generated / "logs"])
