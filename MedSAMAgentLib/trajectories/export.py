@@ -252,14 +252,18 @@ def corrected_episodes(files: Sequence[Path]) -> set[str]:
     parsed (a cheap text test first), so this pass stays light next to reading the steps' masks."""
     replaced: set[str] = set()
     for log in files:
-        with open(log, encoding="utf-8") as handle:
+        try:
+            handle = open(log, encoding="utf-8", errors="replace")  # a damaged line is read_episodes' to name
+        except OSError:
+            continue  # so is a missing or unreadable file
+        with handle:
             for line in handle:
                 if '"corrects_episode"' not in line:
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError:
-                    continue  # read_episodes warns about it
+                    continue
                 corrects = (record.get("meta") or {}).get("corrects_episode") if record.get("type") == "episode" \
                     else None
                 if isinstance(corrects, str):

@@ -88,6 +88,7 @@ def test_evaluate_stopped_mid_run_leaves_a_partial_summary_or_the_earlier_pair(t
     (out / "trajectories.jsonl").write_text(EARLIER_LOG)
     process = start(["evaluate", "--manifest", str(BUNDLED_DATA / "manifest.jsonl"), "--protocol", "agent",
                      "--policy", "mllm", "--endpoint", slow_server.url, "--model-name", "m", "--limit", "3",
+                     "--effort-steps", "0",  # a case is done when its episode ends (no effort continuation)
                      "--no-progress", "--out", str(out)])
     partial = out / "trajectories.jsonl.partial"
     wait_for(lambda: partial.exists() and partial.read_text().count('"type":"end"') >= 1, process)

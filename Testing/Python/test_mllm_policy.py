@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import NON_SQUARE_CASE
+from tiny_agent_model import save_tiny_agent
 from MedSAMAgentLib.actions import Box, Point, Stop
 from MedSAMAgentLib.geometry import Letterbox
 from MedSAMAgentLib.policies.base import PolicyError
@@ -346,7 +347,7 @@ def test_evaluate_agent_protocol_through_an_endpoint(bundled, loopback, tmp_path
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--manifest", str(BUNDLED_DATA / "manifest.jsonl"), "--protocol", "agent",
                      "--policy", "mllm", "--endpoint", loopback.url, "--model-name",
-                     "MedSAM-Agent-Qwen3-VL-8B-MedSAM2", "--limit", "2", "--max-steps", "1", "--no-progress",
+                     "MedSAM-Agent-Qwen3-VL-8B-MedSAM2", "--limit", "2", "--max-steps", "1", "--effort-steps", "0", "--no-progress",
                      "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
@@ -493,8 +494,6 @@ def test_trained_tool_is_read_from_names():
 
 
 # -- the in-process backend on a tiny Qwen3-VL built here ---------------------------------------------------
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-           "<|video_pad|>"]
 CHAT_TEMPLATE = (  # the Qwen3-VL template's rendering of string and image/text content
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message.role + '\\n' }}"
@@ -510,64 +509,11 @@ CHAT_TEMPLATE = (  # the Qwen3-VL template's rendering of string and image/text 
 
 
 def save_tiny_qwen3vl(directory: Path, answer_body: str | None = None, seed: int = 0) -> Path:
-    """A Qwen3-VL checkpoint of real transformers classes with tiny random weights and a byte-level tokenizer
-    holding Qwen's special tokens. With ``answer_body`` the weights are set so that greedy decoding always
-    answers ``<tool_call>{answer_body}</tool_call>``: the attention and MLP outputs are zeroed, so the next
-    token depends on the last one only, and the embeddings and LM head chain ``\\n`` -> ``<tool_call>`` ->
-    body (one added token) -> ``</tool_call>`` -> ``<|im_end|>``."""
-    import torch
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (GenerationConfig, PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen3VLConfig,
-                              Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-
-    from tokenizers.trainers import BpeTrainer
-
-    # byte-level BPE (any text encodes) with merges learnt here from the prompt texts, to keep prompts short
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator([SYSTEM_PROMPT, FOLLOW_UP_TEXT, first_user_text("aorta in CT")], trainer)
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
-    plain = ["<tool_call>", "</tool_call>"] + ([answer_body] if answer_body else [])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL + plain}
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
-                                              size={"shortest_edge": 32 * 32, "longest_edge": 1024 * 1024}),
-        tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
-    config = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2],
-                                          "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
-                           deepstack_visual_indexes=[0, 1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
-    if answer_body:
-        newline = tokenizer.convert_tokens_to_ids("Ċ")  # byte-level "\n", the last token of the prompt
-        chain = [newline, ids["<tool_call>"], ids[answer_body], ids["</tool_call>"], ids["<|im_end|>"]]
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if "language_model" in name and name.endswith(("o_proj", "down_proj")):
-                    module.weight.zero_()
-            embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-            head.zero_()
-            for k, (token, following) in enumerate(zip(chain, chain[1:])):
-                embed[token] = 0
-                embed[token, k] = 1.0
-                head[following, k] = 1.0
-    model.generation_config = GenerationConfig(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                                               do_sample=True, temperature=0.7)  # as released configs say
-    model.to(torch.bfloat16).save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    """A Qwen3-VL checkpoint of real transformers classes with tiny random weights (``tiny_agent_model``).
+    With ``answer_body`` every answer is ``<tool_call>{answer_body}</tool_call>``; sampling as released
+    configs say."""
+    return save_tiny_agent(directory, [answer_body] if answer_body else [], seed=seed, chat_template=CHAT_TEMPLATE,
+                           generation=dict(do_sample=True, temperature=0.7))
 
 
 TINY_BOX = '\n{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 750, 750]}}\n'

@@ -23,9 +23,10 @@ def call_body(name: str, **arguments) -> str:
 
 
 def save_tiny_agent(directory: Path, bodies: Sequence[str], seed: int = 0, chat_template: str | None = None,
-                    corpus: Sequence[str] = (), dtype: str = "bfloat16") -> Path:
+                    corpus: Sequence[str] = (), dtype: str = "bfloat16", generation: dict | None = None) -> Path:
     """Save the tiny agent to ``directory`` (weights in ``dtype``: BF16 as released; float32 for trainers
-    that keep frozen parts in the checkpoint's dtype on the CPU)."""
+    that keep frozen parts in the checkpoint's dtype on the CPU). With no ``bodies`` the weights stay random
+    (a model whose output is noise); ``generation``: extra GenerationConfig fields."""
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
@@ -63,22 +64,24 @@ def save_tiny_agent(directory: Path, bodies: Sequence[str], seed: int = 0, chat_
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
-    newline = tokenizer.convert_tokens_to_ids("Ċ")  # byte-level "\n": the last prompt token of every turn
-    steps = {newline: [ids["<tool_call>"]], ids["<tool_call>"]: [ids[b] for b in bodies]}
-    steps.update({ids[b]: [ids["</tool_call>"]] for b in bodies})
-    steps[ids["</tool_call>"]] = [ids["<|im_end|>"]]
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if "language_model" in name and name.endswith(("o_proj", "down_proj")):
-                module.weight.zero_()
-        embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-        head.zero_()
-        for k, (token, following) in enumerate(steps.items()):
-            embed[token] = 0
-            embed[token, k] = 1.0
-            for nxt in following:  # after RMSNorm the one-hot is 8: logit 16 against 0 for every other token
-                head[nxt, k] = 2.0
-    model.generation_config = GenerationConfig(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if bodies:  # chain \n -> <tool_call> -> a body -> </tool_call> -> <|im_end|>
+        newline = tokenizer.convert_tokens_to_ids("Ċ")  # byte-level "\n": the last prompt token of every turn
+        steps = {newline: [ids["<tool_call>"]], ids["<tool_call>"]: [ids[b] for b in bodies]}
+        steps.update({ids[b]: [ids["</tool_call>"]] for b in bodies})
+        steps[ids["</tool_call>"]] = [ids["<|im_end|>"]]
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if "language_model" in name and name.endswith(("o_proj", "down_proj")):
+                    module.weight.zero_()
+            embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+            head.zero_()
+            for k, (token, following) in enumerate(steps.items()):
+                embed[token] = 0
+                embed[token, k] = 1.0
+                for nxt in following:  # after RMSNorm the one-hot is 8: logit 16 against 0 for every other token
+                    head[nxt, k] = 2.0
+    model.generation_config = GenerationConfig(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                                               **(generation or {}))
     model.to(getattr(torch, dtype)).save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
