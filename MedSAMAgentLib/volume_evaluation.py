@@ -1,5 +1,6 @@
 """``evaluate --protocol volume``: the agent carries a key-slice prompt through each 3D row of a manifest
-(``propagation.VolumeSession``), then the simulated clinician corrects it, slice by slice.
+(``propagation.VolumeSession``; SAM2 / MedSAM2: their memory propagation, ``propagation_sam2``), then the
+simulated clinician corrects it, slice by slice.
 
 Per case (a 3D row that names a label): the ground-truth box on the slice with the most foreground (the key
 slice), propagation in both directions with nobody intervening, then up to ``corrections`` corrections, each on
@@ -27,7 +28,7 @@ import numpy as np
 from .manifest import Case, read_manifest
 from .metrics import dice
 from .policies.oracle import gt_box
-from .propagation import VolumeSession
+from .propagation_sam2 import volume_session_for
 from .propagation_rules import DEFAULT_RULES, PropagationRules
 from .trajectory import TrajectoryWriter
 from .volumes import Volume, load_volume_case
@@ -109,8 +110,9 @@ def run_volume(case: Case, tool, *, corrections: int = CORRECTIONS, rules: Propa
     spacing = tuple(reversed(volume.geometry.spacing)) if volume.geometry else (1.0, 1.0, 1.0)
     present = np.nonzero(gt.any(axis=(1, 2)))[0]
     key = int(np.argmax(gt.sum(axis=(1, 2))))
-    session = VolumeSession(tool, volume, target=case.target, ground_truth=gt, rules=rules, log=log,
-                            meta={"volume_case_id": case.id, "source": "medsam-agent evaluate --protocol volume"})
+    session = volume_session_for(  # SAM2 / MedSAM2: their own memory propagation; the others: the neighbour's box
+        tool, volume, target=case.target, ground_truth=gt, rules=rules, log=log,
+        meta={"volume_case_id": case.id, "source": "medsam-agent evaluate --protocol volume"})
     try:
         session.start(key, gt_box(gt[key]))
         session.propagate()

@@ -328,3 +328,26 @@ def test_a_reviewer_override_during_the_run_becomes_a_prompt_frame_and_the_run_g
                for kind in ("cond_frame_outputs", "non_cond_frame_outputs"))
     assert sorted(session.records) == [key]
     session.close()
+
+
+def test_the_volume_protocol_runs_sam2_tools_through_their_memory(tool, case, tmp_path):
+    """``evaluate --protocol volume --tool medsam2``: the key box seeds SAM2's memory and the propagated slices
+    come from it (their logged proposals are the memory's), then the simulated clinician's corrections apply."""
+    from MedSAMAgentLib.trajectory import TrajectoryWriter, read_episodes
+    from MedSAMAgentLib.volume_evaluation import run_volume
+
+    found, _, gt = case
+    log = tmp_path / "trajectories.jsonl"
+    result = run_volume(found, tool, corrections=1, log=TrajectoryWriter(log))
+    assert len(result.dice) == 2 and all(0.0 <= d <= 1.0 for d in result.dice)
+    assert result.key_slice == int(np.argmax(gt_volume_sizes(found)))
+    episodes = read_episodes(log)
+    memory = [e for e in episodes
+              if any((s.record.get("proposal") or {}).get("policy") == MEMORY_POLICY for s in e.steps)]
+    assert memory, "propagated slices must come from SAM2's memory"
+    assert len(result.corrections) == 1
+
+
+def gt_volume_sizes(found):
+    _, gt = load_volume_case(found)
+    return gt.sum(axis=(1, 2))
