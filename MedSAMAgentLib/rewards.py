@@ -174,14 +174,14 @@ def untagged_calls(text: str) -> list[Optional[Action]]:
 def call_action(call: Any) -> Optional[Action]:
     """A parsed call ``{"name", "arguments"}`` (or an OpenAI/TRL ``{"type": "function", "function": {...}}``)
     -> its action, ``None`` when unusable."""
-    from .toolcall import ToolCallError, _action_from_call
+    from .toolcall import ToolCallError, action_from_call
 
     if isinstance(call, dict) and isinstance(call.get("function"), dict):
         call = call["function"]
     if not isinstance(call, dict):
         return None
     try:
-        return _action_from_call(call)
+        return action_from_call(call)
     except ToolCallError:
         return None
 

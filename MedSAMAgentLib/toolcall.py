@@ -68,10 +68,12 @@ def parse_model_action(text: Any) -> Action:
         raise ToolCallError(f"tool call is not valid JSON ({error.msg}): {_snippet(body)}") from None
     if not isinstance(call, dict):
         raise ToolCallError(f"tool call must be a JSON object, got {_snippet(body)}")
-    return _action_from_call(call)
+    return action_from_call(call)
 
 
-def _action_from_call(call: dict) -> Action:
+def action_from_call(call: dict) -> Action:
+    """A parsed call ``{"name": ..., "arguments": ...}`` -> its action in 0..999 model coordinates (the tagged
+    text, TRL's ``tool_calls`` and the RL environment's calls all end here); ``ToolCallError`` if unusable."""
     name = call.get("name")
     args = call.get("arguments", {})
     if isinstance(args, str):  # some servers double-encode the arguments

@@ -25,7 +25,8 @@ from ..actions import Action, Box, Point, Stop
 from ..geometry import Letterbox
 from ..metrics import dice, iou
 from ..rewards import RewardBreakdown, decode_image_like, decode_mask_like, episode_reward
-from ..toolcall import TOOL_NAMES, ToolCallError, _action_from_call
+from ..toolcall import TOOL_NAMES, ToolCallError, action_from_call
+from ..tools.litemedsam import image_key as content_key
 
 def trainer_system_prompt() -> str:
     """The system message when the trainer's chat template renders the tool schemas itself (TRL's ``tools``,
@@ -113,22 +114,19 @@ class SegmentationEnvironment:
     dices: list[float] = field(default_factory=list)
     _prediction: Any = None
     _applied: list[Action] = field(default_factory=list)  # pixel-space prompts sent to the tool
+    _image_key: str = ""
 
     def reset(self, task: Task) -> None:
         self.task = task
         self.actions, self.masks, self.ious, self.dices = [], [], [], []
         self._prediction, self._applied = None, []
+        self._image_key = content_key(task.image)
         self._hold_tool()
 
     def _hold_tool(self) -> None:
-        """Set the tool's image to this episode's unless this episode set it last: trainers interleave the
-        calls of many rollouts on one tool (tools cache embeddings by image, so switching back is cheap)."""
-        if getattr(self.tool, "_medsam_episode", None) is not self:
-            self.tool.set_image(self.task.image)
-            try:
-                self.tool._medsam_episode = self
-            except AttributeError:  # a tool that refuses attributes: set the image every time
-                pass
+        """Point the tool at this episode's image, as ``Session`` does before each prediction: trainers
+        interleave the calls of many rollouts on one tool (tools cache embeddings by image: a look-up)."""
+        self.tool.set_image(self.task.image, key=self._image_key)
 
     @property
     def stopped(self) -> bool:
@@ -141,7 +139,7 @@ class SegmentationEnvironment:
             raise RuntimeError("reset(task) the environment before calling its tools")
         if name not in TOOL_NAMES:
             raise ToolCallError(f"unknown tool {name!r}; expected one of {', '.join(TOOL_NAMES)}")
-        action = _action_from_call({"name": name, "arguments": dict(arguments or {})})
+        action = action_from_call({"name": name, "arguments": dict(arguments or {})})
         return self.apply(action)
 
     def apply(self, action: Action) -> StepResult:
