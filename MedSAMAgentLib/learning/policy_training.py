@@ -195,15 +195,14 @@ def train_rl(net: PolicyNet, cases: Sequence, tool, anchor_samples: Optional[Pol
 # -- weights --------------------------------------------------------------------------------------------------
 def save_weights(net: PolicyNet, path: str | Path, meta: Optional[dict] = None) -> str:
     """float16 state dict + config + meta in one torch file, written atomically; returns its SHA-256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..outputs import atomic_path
+
     state = {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}
-    buffer = io.BytesIO()
+    buffer = io.BytesIO()  # torch.save writes a file's own name into it: a buffer keeps the bytes reproducible
     torch.save({"format": "medsam-agent-learned-policy/1", "config": asdict(net.config), "state": state,
                 "meta": meta or {}}, buffer)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_bytes(buffer.getvalue())
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getvalue())
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 

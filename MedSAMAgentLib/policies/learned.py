@@ -33,16 +33,15 @@ class LearnedPolicy:
     needs_hint = True  # it does not find the target on its own yet: the clinician's click or box starts it
 
     def __init__(self, weights: Optional[str | Path] = None, expected_sha256: Optional[str] = None):
-        import hashlib
-
         import torch
 
         from ..learning.policy_training import load_weights
+        from ..tools.litemedsam import file_sha256
 
         path = Path(weights) if weights else WEIGHTS
         if not path.is_file():
             raise PolicyError(f"the learned policy's weights are missing: {path}")
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = file_sha256(path)
         wanted = expected_sha256 if expected_sha256 is not None else (None if weights else WEIGHTS_SHA256)
         if wanted is not None and sha != wanted:
             raise PolicyError(f"the learned policy's weights at {path} fail their SHA-256 check "
