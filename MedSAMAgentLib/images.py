@@ -262,3 +262,30 @@ def save_volume(array: np.ndarray, geometry: Optional[VolumeGeometry], path: str
         image.SetOrigin(geometry.origin)
         image.SetDirection(geometry.direction)
     sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 2D float array resized to ``size`` (h, w) as ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)`` does it (half-pixel centres, edges clamped, no antialiasing), in numpy, so the tool's
+    logits are upsampled without torch (issue 17). Matches torch to ~1e-5 (tested): the source coordinate is
+    rounded to float32 once, as torch's fused multiply-add does; rounding it twice moves a pixel that falls on a
+    source row to the neighbouring interval (up to 3e-4 apart on random logits)."""
+    array = np.asarray(array, np.float32)
+
+    def axis(n_in: int, n_out: int):
+        scale = np.float64(np.float32(n_in / n_out))  # torch's float scale; the product below is exact in float64
+        source = np.maximum(((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32), 0)
+        low = np.minimum(source.astype(np.int64), n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        weight = (source - low).astype(np.float32)
+        return low, high, weight
+
+    h0, h1, hw = axis(array.shape[0], size[0])
+    w0, w1, ww = axis(array.shape[1], size[1])
+    columns = np.take(array, w0, axis=1) * (1 - ww) + np.take(array, w1, axis=1) * ww  # along w first, as torch
+    out = columns[h0]  # whole rows: contiguous copies; in place from here (this runs on every click)
+    out *= (1 - hw)[:, None]
+    upper = columns[h1]
+    upper *= hw[:, None]
+    out += upper
+    return out

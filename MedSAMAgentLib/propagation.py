@@ -33,7 +33,7 @@ import numpy as np
 from .actions import Action, Box, Point, Stop
 from .policies.base import Observation, PolicyError, Proposal
 from .propagation_rules import (DEFAULT_RULES, Intensity, PropagationRules, SliceSignal, neighbour_box,
-                                neighbour_clicks, slice_signal, stop_reason)
+                                neighbour_clicks, slice_signal, stop_reason, tightened_box)
 from .session import Review, Reviewer, Session
 from .tools.base import SegmentationTool
 from .trajectory import TrajectoryWriter
@@ -44,21 +44,22 @@ OWNED: frozenset = frozenset({"key", "corrected", "cleared"})  # the clinician's
 
 
 class NeighbourPolicy:
-    """Proposes a slice's prompt from its neighbour's accepted mask: the box, clicks where the tool's mask
-    departs from the neighbour's (``propagation_rules.neighbour_clicks``), then stop."""
+    """Proposes a slice's prompt from its neighbour's accepted mask: the box, the box tightened to the tool's
+    mask (``propagation_rules.tightened_box``), clicks where the tool's mask departs from the neighbour's
+    (``propagation_rules.neighbour_clicks``), then stop."""
 
     name = "propagation"
-    version = "1"
+    version = "2"
     needs_hint = False
 
     def __init__(self, neighbour: np.ndarray, neighbour_index: int, rules: PropagationRules = DEFAULT_RULES,
                  neighbour_prompt: Optional[Box] = None):
         self.neighbour, self.neighbour_index, self.rules = np.asarray(neighbour, bool), neighbour_index, rules
         self.neighbour_prompt = neighbour_prompt  # the neighbour's own box (``rules.max_growth`` reads it)
-        self.clicks = 0
+        self.clicks = self.tightened = 0
 
     def reset(self) -> None:
-        self.clicks = 0
+        self.clicks = self.tightened = 0
 
     def propose(self, observation: Observation) -> Proposal:
         if observation.prediction is None:
@@ -67,7 +68,15 @@ class NeighbourPolicy:
                 raise PolicyError(f"slice {self.neighbour_index}'s mask is empty: nothing to carry over")
             return Proposal(box, f"the box of slice {self.neighbour_index}'s mask, {self.rules.margin} px wider",
                             self.name)
-        if self.clicks < self.rules.max_clicks and len(observation.actions) < observation.max_actions:
+        room = len(observation.actions) < observation.max_actions
+        if self.tightened < self.rules.tighten and room and all(isinstance(a, Box) for a in observation.actions):
+            box = tightened_box(observation.prediction.mask, observation.actions[-1], self.rules.margin)
+            if box is not None:
+                self.tightened += 1
+                return Proposal(box, f"the mask fills less than its box: the box of the mask, {self.rules.margin} px "
+                                "wider", self.name)
+            self.tightened = self.rules.tighten  # the box fits the mask: nothing more to tighten
+        if self.clicks < self.rules.max_clicks and room:
             found = neighbour_clicks(observation.prediction.mask, self.neighbour, replace(self.rules, max_clicks=1))
             if found:
                 self.clicks += 1
@@ -344,16 +353,17 @@ class VolumeSession:
                 session.override(review.action)
             else:
                 session.accept()
+            session.run(reviewer or _AcceptAll())  # the box tightened, clicks, stop
             box = _last_box(session)
             signal = slice_signal(session.mask, neighbour, session.prediction.score, session.image,
                                   self.volume.slice_image(k - direction), start=reference, box=box,
                                   smallest_area=smallest)
-            reason = stop_reason(signal, self.rules) if review.decision == "accept" else None
+            # the stop rule judges the agent's slices; one the clinician prompted is theirs to judge
+            reason = stop_reason(signal, self.rules) if session.clinician_actions == 0 else None
             if reason:
                 run.stop_slice, run.stop_reason = k, f"slice {k}: {reason}"
                 session.finish(accepted=False, status="propagation-stop", reason=reason)
                 break
-            session.run(reviewer or _AcceptAll())
             operation.before[k] = self.records.get(k)
             record = SliceRecord(k, session, "propagated", run.id, signal, time.perf_counter() - began)
             self.records[k] = record

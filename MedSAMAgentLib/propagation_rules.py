@@ -6,7 +6,10 @@ neighbour's mask and the tool's output on the next slice, so the volume session 
 volume evaluation and the measurement sweep (Testing/benchmarks/sweep_propagation.py) use the very same code.
 
 - prompt: the neighbour mask's bounding box grown by ``margin`` pixels on each side (each side at most
-  ``max_growth`` pixels beyond the neighbour's own prompt box, when set); then up to
+  ``max_growth`` pixels beyond the neighbour's own prompt box, when set); then up to ``tighten`` times the box
+  of the tool's own mask, ``margin`` pixels wider, inside the last box (``tightened_box``: where a structure
+  shrinks from one slice to the next, a box tool fills the neighbour's looser box with what lies around it;
+  the box never grows here, so the tightening cannot walk onto the next structure); then up to
   ``max_clicks`` clicks where the tool's mask disagrees with the neighbour's deeper than ``click_depth``
   pixels (the neighbour stands in for the ground truth: a deep disagreement is more likely the tool's error
   than the anatomy's change over one slice);
@@ -21,8 +24,8 @@ volume evaluation and the measurement sweep (Testing/benchmarks/sweep_propagatio
 
 The values of ``DEFAULT_RULES`` were chosen on the 16 labelled 3D rows of ../shared/data and checked
 leave-datasets-out (Testing/benchmarks/sweep_propagation.py; README, "3D: propagation through a volume"):
-stop when the mask shrinks below 0.7 of the neighbour's, drifts 1.5 std from the start slice's intensity, grows
-to 3 times the run's smallest mask, or its centre jumps half a radius.
+the box tightened up to 3 times; stop when the mask overlaps the neighbour's with IoU < 0.4 or its mean
+intensity drifts more than 1 std from the run's start slice's.
 """
 
 from __future__ import annotations
@@ -54,10 +57,10 @@ class PropagationRules:
     stop_regrowth: float = float("inf")  # area over the run's smallest area so far (tapered, then grows again)
     stop_jump: float = float("inf")  # centroid move over the neighbour's equivalent radius
     max_growth: Optional[int] = None  # pixels a side may move out beyond the neighbour's own prompt box
+    tighten: int = 0  # times the box is re-drawn around the tool's own mask (never outside the last box)
 
 
-DEFAULT_RULES = PropagationRules(margin=3, stop_iou=0.4, stop_area_ratio=0.7, stop_intensity=1.5,
-                                 stop_start_intensity=1.5, stop_regrowth=3.0, stop_jump=0.5)
+DEFAULT_RULES = PropagationRules(margin=3, tighten=3, stop_iou=0.4, stop_start_intensity=1.0)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,16 @@ def neighbour_box(neighbour: np.ndarray, margin: int, previous: Optional[Box] = 
         x1, y1 = max(x1, previous.x1 - max_growth), max(y1, previous.y1 - max_growth)
         x2, y2 = min(x2, previous.x2 + max_growth), min(y2, previous.y2 + max_growth)
     return Box(max(0, int(x1)), max(0, int(y1)), min(w - 1, int(x2)), min(h - 1, int(y2)))
+
+
+def tightened_box(mask: np.ndarray, box: Box, margin: int) -> Optional[Box]:
+    """The box of ``mask`` grown by ``margin`` pixels and kept inside ``box``; None when that is ``box`` itself
+    (nothing to tighten) or the mask is empty."""
+    inner = neighbour_box(mask, margin)
+    if inner is None:
+        return None
+    tight = Box(max(inner.x1, box.x1), max(inner.y1, box.y1), min(inner.x2, box.x2), min(inner.y2, box.y2))
+    return None if tight.as_list() == box.as_list() else tight
 
 
 def neighbour_clicks(mask: np.ndarray, neighbour: np.ndarray, rules: PropagationRules) -> list[Point]:

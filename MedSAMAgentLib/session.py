@@ -339,6 +339,17 @@ class Session:
             return {}
         return {"iou": iou(mask, self.ground_truth), "dice": dice(mask, self.ground_truth)}
 
+    def log_decision(self, decision: str, extra: Optional[dict[str, Any]] = None) -> None:
+        """Log a clinician decision that is not an action of this episode (a volume's "no structure on this
+        slice": decision ``clear``) as a step with nothing applied and an empty mask. The session's own steps
+        are left as they were, so undoing the decision restores them; log readers drop it on its undo record."""
+        if self.log is None:
+            return
+        self._write({"type": "step", "index": len(self.steps), "decision": decision, "actor": "clinician",
+                     "proposal": None, "applied": None, "applied_model": None,
+                     "mask": encode_mask(np.zeros(self.mask.shape, bool)), "score": None, "iou": None,
+                     "dice": None, "timings": {}, "extra": dict(extra or {})})
+
     def _log_step(self, step: Step) -> None:
         if self.on_step is not None:
             self.on_step(step)

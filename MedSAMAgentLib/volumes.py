@@ -105,11 +105,12 @@ def write_mask(mask: np.ndarray, geometry: Optional[VolumeGeometry], path: str |
 
 
 def disk_embeddings(tool, folder: str | Path) -> None:
-    """Make a LiteMedSAM-like tool (one with ``_encode(image)`` returning a torch tensor) read and write its
-    embeddings as ``folder/<content key>.npy``: measurement sweeps over long volumes encode each slice once."""
+    """Make a LiteMedSAM-like tool (one with ``_encode(image)`` returning a numpy array or a torch tensor) read
+    and write its embeddings as ``folder/<content key>.npy``: measurement sweeps over long volumes encode each
+    slice once."""
     import torch
 
-    from .tools.litemedsam import image_key
+    from .tools.litemedsam import embedding_array, image_key
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,7 @@ def disk_embeddings(tool, folder: str | Path) -> None:
         if path.exists():
             return torch.from_numpy(np.load(path)).to(tool.device)
         embedding = encode(image)
-        np.save(path, embedding.cpu().numpy())
+        np.save(path, embedding_array(embedding))
         return embedding
 
     tool._encode = cached

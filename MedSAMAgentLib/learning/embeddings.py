@@ -144,7 +144,9 @@ class EmbeddingCache:
         path = self.path(case.key)
         if path.exists():
             return np.load(path)
-        return self.tool._encode(case.image).cpu().numpy()
+        from ..tools.litemedsam import embedding_array
+
+        return embedding_array(self.tool._encode(case.image))
 
     def build(self, cases: Sequence[TrainingCase], progress: bool = True) -> int:
         """Encode every case whose embedding is not on disk yet; returns how many were encoded."""

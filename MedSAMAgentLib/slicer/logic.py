@@ -25,7 +25,7 @@ from .. import registry
 from ..actions import Action, Box, Point, Stop, describe
 from ..policies.base import PolicyError, Proposal
 from ..session import Session, Step
-from .geometry import SliceGeometry, engine_image, model_volume, slice_geometry
+from .geometry import SliceGeometry, SliceGeometryError, engine_image, model_volume, slice_geometry
 from .markups import MarkupsError, SessionMarkups
 from .parameters import AgentSettings
 from .segments import SliceEdit, ensure_segment, restore_region, restore_slice, write_region, write_slice
@@ -55,7 +55,8 @@ class VolumeRun:
     A clinician's correction of a propagated slice (``correct_propagated_work``) is a run of its own over the
     engine of the run it corrects: ``operations`` engine operations (the correction, the re-propagation) that
     undo takes back, the slice sessions that re-propagation made, and which episode each slice it wrote
-    came from before (``propagated_episodes``)."""
+    came from before (``propagated_episodes``). A clinician's "Clear slice" is one too; ``cleared`` holds the
+    slice session whose episode logged the clear step (undo logs its undo there)."""
 
     engine: Any
     edits: list
@@ -63,6 +64,7 @@ class VolumeRun:
     operations: int = 0  # 0: a whole propagation (its own engine); else a correction's engine operations
     sessions: list = field(default_factory=list)
     episodes_before: dict = field(default_factory=dict)
+    cleared: list = field(default_factory=list)
 
 
 class AgentLogicError(RuntimeError):
@@ -229,12 +231,28 @@ class AgentLogic:
 
     # -- start --------------------------------------------------------------------------------------------
     def start_work(self, volume_node, segmentation_node, slice_node, settings: AgentSettings,
-                   ground_truth: Optional[np.ndarray] = None, policy_options: Optional[dict] = None) -> Work:
+                   ground_truth: Optional[np.ndarray] = None, policy_options: Optional[dict] = None, *,
+                   first: Optional[int] = None, last: Optional[int] = None,
+                   progress: Optional[PropagationProgress] = None) -> Work:
         """Start a session on the slice ``slice_node`` shows. The clinician's clicks/box already placed in
         the session's markups start it (as hints); otherwise the agent proposes its own first action, if the
-        policy can."""
+        policy can. On a slice that a propagation of the open session wrote (same volume, segmentation and
+        plane), Start is a correction of that slice instead (``correct_propagated_work`` with the prompts just
+        placed, re-propagating onward within ``first``..``last``): the open session and its other propagated
+        slices are kept, never abandoned."""
         if volume_node is None or segmentation_node is None:
             raise AgentLogicError("choose an input volume and a segmentation first")
+        if self.active and (volume_node.GetID(), segmentation_node.GetID()) == \
+                (self.volume_node.GetID(), self.segmentation_node.GetID()):
+            target = self.propagated_slice(slice_node)
+            if target is not None:
+                placed = self.markups.new_actions(replace(self.geometry, index=target))
+                if not placed:
+                    raise AgentLogicError(
+                        f"slice {target} was propagated in this session: place a click or draw a box on it and "
+                        "press Start to correct it (the other slices are kept), or press Clear slice; Finish "
+                        "first to start a new session there")
+                return self._correct_work(target, placed, first, last, progress)
         geometry = slice_geometry(volume_node, slice_node)
         try:
             options = {**settings.policy_options(), **(policy_options or {})}
@@ -341,10 +359,22 @@ class AgentLogic:
             raise AgentLogicError("no session is running: press Start")
         return self.session
 
-    def accept_work(self) -> Work:
+    def accept_work(self, first: Optional[int] = None, last: Optional[int] = None,
+                    progress: Optional[PropagationProgress] = None) -> Work:
+        """Accept: the pending proposal; or, when the clinician's newest click/box lies on a slice a
+        propagation of this session wrote, that prompt as the correction of that slice (as Override does)."""
+        self._require_session()
+        target = self.edit_slice()
+        if target is not None:
+            return self.correct_propagated_work(target, *self.markups.read_edit(self.geometry), first=first,
+                                                last=last, progress=progress)
+        return self._accept_pending_work()
+
+    def _accept_pending_work(self) -> Work:
         session = self._require_session()
         if session.pending is None:
-            raise AgentLogicError("there is no proposal to accept: press Continue to ask the agent")
+            raise AgentLogicError("there is no proposal to accept: press Continue to ask the agent (or place a "
+                                  "click/box on a propagated slice to correct it)")
         proposal = session.pending
         extra = self._extra(proposal.action, proposal)
         return self._work("Applying the proposal", lambda: session.accept(extra=extra), self._apply_step)
@@ -399,7 +429,7 @@ class AgentLogic:
         (``last_status`` says why: stopped, limit or paused)."""
         session = self._require_session()
         if session.pending is not None:
-            work = self.accept_work()
+            work = self._accept_pending_work()  # the autopilot never takes the clinician's placed prompts
             inner = work.apply
 
             def apply(step):
@@ -511,11 +541,7 @@ class AgentLogic:
             for side in ([i for i in changed if i < index], [i for i in changed if i > index]):
                 if not side:
                     continue
-                extent = list(segments_volume_extent(self.volume_node))
-                extent[2 * geometry.axis], extent[2 * geometry.axis + 1] = side[0], side[-1]
-                values = mask[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
-                edits.append(write_region(self.segmentation_node, self.segment_id, self.volume_node, extent, values,
-                                          settings.protect_other_segments))
+                edits.append(self._write_slices(mask, geometry.axis, side[0], side[-1]))
             self.volume_runs.append(VolumeRun(engine, edits, changed))
             for k in changed:
                 self.propagated_episodes[(self.volume_node.GetID(), geometry.axis, k)] = \
@@ -558,6 +584,71 @@ class AgentLogic:
         """The newest run that wrote slice ``index`` (its version is what the segment shows)."""
         return next((run for run in reversed(self.volume_runs) if index in run.slices), None)
 
+    def propagated_slice(self, slice_node) -> Optional[int]:
+        """The slice ``slice_node`` shows when a propagation of the open session wrote it (the session's own
+        plane, another index); else None (no session, no run, another plane or volume, the session's slice)."""
+        if not self.active or not self.volume_runs or slice_node is None:
+            return None
+        try:
+            at = slice_geometry(self.volume_node, slice_node)
+        except SliceGeometryError:
+            return None
+        own = self.geometry
+        plane = lambda g: (g.axis, g.col_axis, g.row_axis, g.col_flip, g.row_flip, tuple(g.dims))  # noqa: E731
+        if plane(at) != plane(own) or not np.allclose(at.ijk_to_ras, own.ijk_to_ras) or at.index == own.index:
+            return None
+        return at.index if self._run_holding(at.index) is not None else None
+
+    def _write_slices(self, mask: np.ndarray, axis: int, first: int, last: int):
+        """Write the engine's 3D ``mask`` (IJK as K, J, I) into the segment over slices ``first``..``last`` along
+        ``axis`` only (changed voxels only, the other segments protected as set); the edit, for undo."""
+        extent = list(segments_volume_extent(self.volume_node))
+        extent[2 * axis], extent[2 * axis + 1] = first, last
+        values = mask[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
+        return write_region(self.segmentation_node, self.segment_id, self.volume_node, extent, values,
+                            self.settings.protect_other_segments)
+
+    def clearable_slice(self, slice_node) -> Optional[int]:
+        """The propagated slice ``slice_node`` shows if it holds a mask (what "Clear slice" would empty)."""
+        index = self.propagated_slice(slice_node)
+        if index is None or not self._run_holding(index).engine.slice_mask(index).any():
+            return None
+        return index
+
+    def clear_slice_work(self, slice_node) -> Work:
+        """Clear slice: the clinician says the structure is not on the propagated slice the view shows
+        (``VolumeSession.clear``): it becomes empty and the clinician's, and the propagated slices carried on
+        from it (onward, away from the session's slice) are emptied too, so propagation stops there as the
+        engine does. The segment is written over those slices only (other segments untouched); the clear is a
+        clinician step (decision ``clear``) in that slice's episode; ``undo_propagation`` takes it back."""
+        self._require_session()
+        index = self.clearable_slice(slice_node)
+        if index is None:
+            raise AgentLogicError("Clear slice works on a slice that this session's propagation wrote and that "
+                                  "holds a mask: scroll the view to such a slice")
+        engine, geometry = self._run_holding(index).engine, self.geometry
+        session = engine.slice_session(index)
+        at = replace(geometry, index=index)
+        extra = self._extra(None, None, "no structure on this slice", geometry=at)
+        extra["panel_slice"] = extra.pop("slice")
+        extra.update(slice=index, correction=True, cleared=True)
+
+        def apply(operations):
+            changed = sorted({i for op in operations for i in op.changed})
+            node_id, axis = self.volume_node.GetID(), geometry.axis
+            edit = self._write_slices(engine.mask(), axis, changed[0], changed[-1])
+            before = {i: self.propagated_episodes.pop((node_id, axis, i), None) for i in changed}
+            extra["cleared_slices"] = changed
+            if session is not None:
+                session.log_decision("clear", extra)
+            self.volume_runs.append(VolumeRun(engine, [edit], changed, len(operations), [], before, [session]))
+            onward = [i for i in changed if i != index]
+            self.last_status = f"cleared slice {index} (no structure here)" + (
+                f" and the {len(onward)} propagated slices beyond it" if onward else "")
+            return self.last_status
+
+        return self._work(f"Clearing slice {index}", lambda: engine.clear(index), apply, long=True)  # SAM2: a frame
+
     def correct_propagated_work(self, index: int, action: Action, how: str = "", *, first: Optional[int] = None,
                                 last: Optional[int] = None, progress: Optional[PropagationProgress] = None) -> Work:
         """The clinician's box or click on propagated slice ``index`` (``action`` in the panel's slice pixels):
@@ -566,6 +657,12 @@ class AgentLogic:
         range's end, the stop rule, a slice the clinician owns or Cancel. Slices on the other side and between
         are kept as accepted. The segment is written over the changed slices only (one region, changed voxels
         only); ``undo_propagation`` takes the whole correction back as one operation."""
+        return self._correct_work(index, [(action, how)], first, last, progress)
+
+    def _correct_work(self, index: int, placed: list[tuple[Action, str]], first: Optional[int],
+                      last: Optional[int], progress: Optional[PropagationProgress]) -> Work:
+        """``correct_propagated_work`` with one or more prompts (a Start with a box and clicks): each is one
+        ``VolumeSession.correct`` on the slice, then one re-propagation; all of it one undo step."""
         self._require_session()
         run = self._run_holding(index)
         if run is None:
@@ -578,13 +675,22 @@ class AgentLogic:
         bound = last if onward > 0 else first
         progress = progress or PropagationProgress()
         progress.total, progress.done = max((bound - index) * onward, 0), 0
-        plane_action = self._plane_action(action)
         at = replace(geometry, index=index)
-        extra = self._extra(action, None, how or "corrected a propagated slice", geometry=at)
-        extra["panel_slice"] = extra.pop("slice")  # the engine names the slice by its index (``extra.slice``)
+        corrections = []
+        for action, how in placed:
+            extra = self._extra(action, None, how or "corrected a propagated slice", geometry=at)
+            extra["panel_slice"] = extra.pop("slice")  # the engine names the slice by its index (``extra.slice``)
+            corrections.append((self._plane_action(action), extra))
 
         def compute():
-            operations = engine.correct(index, plane_action, repropagate=False, extra=extra)
+            operations = []
+            try:
+                for plane_action, extra in corrections:
+                    operations += engine.correct(index, plane_action, repropagate=False, extra=extra)
+            except Exception:  # e.g. a negative click first on an empty slice: nothing of it stays in the engine
+                for _ in operations:
+                    engine.undo()
+                raise
             if progress.total and not progress.cancel.is_set():
                 def on_slice(record) -> None:
                     progress.done, progress.slice = progress.done + 1, record.index
@@ -596,11 +702,7 @@ class AgentLogic:
         def apply(operations):
             changed = sorted({i for op in operations for i in op.changed})
             node_id, axis = self.volume_node.GetID(), geometry.axis
-            extent = list(segments_volume_extent(self.volume_node))
-            extent[2 * axis], extent[2 * axis + 1] = changed[0], changed[-1]
-            values = engine.mask()[extent[4]:extent[5] + 1, extent[2]:extent[3] + 1, extent[0]:extent[1] + 1]
-            edit = write_region(self.segmentation_node, self.segment_id, self.volume_node, extent, values,
-                                self.settings.protect_other_segments)
+            edit = self._write_slices(engine.mask(), axis, changed[0], changed[-1])
             before = {i: self.propagated_episodes.get((node_id, axis, i)) for i in changed}
             sessions = [engine.records[i].session for op in operations if op.run is not None for i in op.run.slices]
             self.volume_runs.append(VolumeRun(engine, [edit], changed, len(operations), sessions, before))
@@ -629,6 +731,9 @@ class AgentLogic:
                     session.finish(accepted=False, status="undone")
             for _ in range(run.operations):
                 run.engine.undo()
+            for session in run.cleared:  # the clear step leaves that slice's episode
+                if session.log is not None:
+                    session.log.write({"type": "undo", "episode_id": session.episode_id, "count": 1})
             for edit in reversed(run.edits):
                 restore_region(self.segmentation_node, self.segment_id, self.volume_node, edit)
             for k, episode in run.episodes_before.items():
@@ -657,6 +762,9 @@ class AgentLogic:
                 if record is not None and record.session is not None and not record.session.finished:
                     record.session.finish(accepted=accepted and index not in shown,
                                           status="finished" if index not in shown else "superseded")
+            for session in run.cleared:  # a cleared slice's episode: the clinician said "no structure here"
+                if not session.finished:
+                    session.finish(accepted=False, status="cleared", reason="the clinician cleared this slice")
             shown.update(run.slices)
         engines = list({id(run.engine): run.engine for run in self.volume_runs}.values())  # a correction shares one
         for engine in engines:  # after every run's slices: what is left open was replaced

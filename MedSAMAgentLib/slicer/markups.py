@@ -304,6 +304,30 @@ class SessionMarkups:
             carried["box"] = (centre, size, vtk_matrix_to_numpy(box.GetObjectToNodeMatrix()))
         return carried
 
+    def new_actions(self, geometry: SliceGeometry) -> list[tuple[Action, str]]:
+        """The prompts placed since the markups were last drawn as actions on ``geometry``'s slice: the box
+        first (if drawn or changed), then the new clicks; what a Start on a propagated slice corrects it with."""
+        placed: list[tuple[Action, str]] = []
+        ras = [0.0, 0.0, 0.0]
+
+        def on_slice(what: str) -> None:  # a prompt left on another slice must not be moved onto this one
+            if geometry.distance_from_slice(ras) >= 0.5:
+                raise MarkupsError(f"the {what} you placed is not on slice {geometry.index} (the one the view "
+                                   "shows): place it again on this slice")
+
+        box = self.node("box")
+        if box.GetNumberOfControlPoints() and self._roi_state(box) != self._snapshot.box:
+            box.GetCenterWorld(ras)
+            on_slice("box")
+            placed.append((self.box_action(box, geometry), "drew a new box"))
+        for role, positive in (("positive", True), ("negative", False)):
+            node = self.node(role)
+            for index in range(self._snapshot.counts.get(role, 0), node.GetNumberOfControlPoints()):
+                node.GetNthControlPointPositionWorld(index, ras)
+                on_slice("click")
+                placed.append((self.point_action(node, index, geometry, positive), "placed a new point"))
+        return placed
+
     def put_inputs(self, carried: dict) -> None:
         """Place prompts taken with ``new_inputs`` (into this session's nodes)."""
         for role in ("positive", "negative"):

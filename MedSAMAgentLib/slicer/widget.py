@@ -53,6 +53,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         self._progress = None
         self._sliceProgress = None  # the running propagation's (cancelled when the scene closes)
+        self._watchedSliceNode = None  # the chosen view's slice node: scrolling it re-enables Clear slice
         self._placing = PlaceMode()
 
     # -- life cycle -------------------------------------------------------------------------------------------
@@ -99,6 +100,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.finishButton.clicked.connect(self.onFinish)
         self.ui.propagateButton.clicked.connect(self.onPropagate)
+        self.ui.clearSliceButton.clicked.connect(self.onClearSlice)
         self.ui.placePositiveButton.clicked.connect(self.placePositive)
         self.ui.placeNegativeButton.clicked.connect(self.placeNegative)
         self.ui.placeBoxButton.clicked.connect(self.placeBox)
@@ -126,6 +128,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self._removeShortcuts()
         self.removeObservers()
+        self._watchedSliceNode = None
         self._autopilot = False
         self._autopilotTimer.stop()
         self._placing.stop()
@@ -163,6 +166,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._sliceProgress is not None:  # a propagation stops at its next slice instead of running on
             self._sliceProgress.cancel.set()
         self.worker.drain()  # nothing may still compute on this scene; its result is dropped (epoch)
+        self._watchSliceNode(None)
         if self.logic is not None:
             self.logic.abandon()
             self.logic.propagated_episodes.clear()  # node IDs are reused by the next scene
@@ -367,11 +371,22 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 segmentation.CreateDefaultDisplayNodes()
                 segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
                 self.ui.segmentSelector.setCurrentNode(segmentation)
-            work = self.logic.start_work(volume, segmentation, sliceNode, self.settings())
+            # on a slice this session propagated, Start corrects it (within the slice range) and keeps the session
+            progress = self._sliceProgress = PropagationProgress()
+            work = self.logic.start_work(volume, segmentation, sliceNode, self.settings(),
+                                         first=self.ui.propagateFirstSpinBox.value,
+                                         last=self.ui.propagateLastSpinBox.value, progress=progress)
         except Exception as error:
+            self._sliceProgress = None
             self.showError(error)
             return
-        self.runWork(work, self.afterStart)
+        try:
+            if work.progress is not None:  # a correction of a propagated slice: the range stays as set
+                self.runWork(work, progress=work.progress)
+            else:
+                self.runWork(work, self.afterStart)
+        finally:
+            self._sliceProgress = None
 
     def afterStart(self, status):
         settings = self.settings()
@@ -385,8 +400,16 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.value = value
 
     def onAccept(self):
-        if not self._busy:
-            self.runWork(self.guarded(self.logic.accept_work))
+        """The proposal; or a click/box placed on a propagated slice corrects that slice (as Override)."""
+        if self._busy:
+            return
+        progress = self._sliceProgress = PropagationProgress()
+        work = self.guarded(self.logic.accept_work, self.ui.propagateFirstSpinBox.value,
+                            self.ui.propagateLastSpinBox.value, progress)
+        try:
+            self.runWork(work, progress=work.progress if work is not None else None)
+        finally:
+            self._sliceProgress = None
 
     def toggleOverride(self):
         self.ui.overrideButton.toggle()
@@ -459,6 +482,18 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._sliceProgress = None
 
+    def onClearSlice(self):
+        """No structure on the propagated slice the chosen view shows (and on those carried on beyond it)."""
+        if self._busy or self.logic is None or not self.logic.active:
+            return
+        self.onPause()
+        try:
+            work = self.logic.clear_slice_work(self.currentSliceNode())
+        except Exception as error:
+            self.showError(error)
+            return
+        self.runWork(work)
+
     def onUndo(self):
         """The last propagation first, else the last step of this slice."""
         if not self._busy:
@@ -530,7 +565,8 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.mllmEndpointLineEdit, self.ui.mllmModelNameLabel, self.ui.mllmModelNameLineEdit):
             widget.visible = mllm
         self.ui.startButton.enabled = idle and not self._blocked and self.ui.inputVolumeSelector.currentNode() is not None
-        self.ui.acceptButton.enabled = idle and pending
+        runs = bool(active and self.logic.volume_runs)
+        self.ui.acceptButton.enabled = idle and (pending or runs)  # runs: a prompt placed on a propagated slice
         self.ui.overrideButton.enabled = idle and active
         self.ui.flipButton.enabled = idle and pending
         self.ui.rejectButton.enabled = idle and pending
@@ -540,3 +576,27 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.finishButton.enabled = idle and active
         self.ui.propagateButton.enabled = idle and active and bool(self.logic.session.mask.any())
         self.ui.propagateFirstSpinBox.enabled = self.ui.propagateLastSpinBox.enabled = idle and active
+        sliceNode = self._viewSliceNode() if runs else None
+        self._watchSliceNode(sliceNode)
+        self.ui.clearSliceButton.enabled = idle and runs and self.logic.clearable_slice(sliceNode) is not None
+
+    def _viewSliceNode(self):
+        """The chosen view's slice node, or None when that view is not in the layout."""
+        try:
+            return self.currentSliceNode()
+        except AgentLogicError:
+            return None
+
+    def _watchSliceNode(self, node):
+        """Follow the chosen view's slice (scrolling it changes which slice Clear slice would clear)."""
+        if node is self._watchedSliceNode:
+            return
+        if self._watchedSliceNode is not None:
+            self.removeObserver(self._watchedSliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceModified)
+        self._watchedSliceNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onSliceModified)
+
+    def onSliceModified(self, caller=None, event=None):
+        if not self._busy:
+            self.updateButtons()

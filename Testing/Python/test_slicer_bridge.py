@@ -22,7 +22,7 @@ from MedSAMAgentLib.slicer.logic import AgentLogic, AgentLogicError  # noqa: E40
 from MedSAMAgentLib.slicer.markups import SessionMarkups  # noqa: E402
 from MedSAMAgentLib.slicer.parameters import (AgentSettings, find_or_create_parameter_node, get_nodes,  # noqa: E402
                                               read_settings, set_nodes, write_settings)
-from MedSAMAgentLib.trajectory import read_episodes  # noqa: E402
+from MedSAMAgentLib.trajectory import decode_mask, read_episodes  # noqa: E402
 from slicer_headless import load_volume, make_headless_slicer, volume_from_array  # noqa: E402
 
 CT = BUNDLED_DATA / "volumes" / "totalseg_example_ct_sm.nii.gz"
@@ -514,7 +514,8 @@ def test_propagation_writes_and_undoes_a_3d_segment(env, logic_factory, tmp_path
 def test_sam2_propagation_from_the_panel_seeds_the_memory_with_the_slice_prompts(env, tmp_path):
     """MedSAM2 (tiny random weights, loaded as users load it) in a sagittal view: the clinician's click on the
     panel's slice reaches SAM2's video predictor on the same voxel of the volume's own plane, the slice range
-    bounds the run, the segment is written and Undo takes it back exactly."""
+    bounds the run, the segment is written and Undo takes it back exactly; a correction and a Clear slice
+    reach SAM2's memory and Undo takes them out of it."""
     pytest.importorskip("sam2")
     from test_propagation_sam2 import IMAGE_SIZE, tiny_medsam2
 
@@ -571,6 +572,19 @@ def test_sam2_propagation_from_the_panel_seeds_the_memory_with_the_slice_prompts
     assert logic.undo_propagation()
     assert np.array_equal(segment_array(seg, logic.segment_id, volume), written)
     assert index + 1 not in run.engine.state["point_inputs_per_obj"][0]
+    # Clear slice on index+1 (the view scrolled there): SAM2 gets an empty mask on that frame ("absent"),
+    # index+1 and index+2 are emptied in the segment; Undo gives both the segment and SAM2's state back
+    view = env.show("Yellow", volume, ras=list(at.pixel_to_ras_point(click.x, click.y)))
+    assert logic.clearable_slice(view) == index + 1
+    assert logic.run(logic.clear_slice_work(view)).startswith(f"cleared slice {index + 1}")
+    emptied = segment_array(seg, logic.segment_id, volume)
+    assert not emptied[:, :, index + 1:index + 3].any()
+    assert np.array_equal(np.delete(emptied, [index + 1, index + 2], axis=2),
+                          np.delete(written, [index + 1, index + 2], axis=2))
+    assert index + 1 in run.engine.state["mask_inputs_per_obj"][0]
+    assert logic.undo_propagation()
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), written)
+    assert index + 1 not in run.engine.state["mask_inputs_per_obj"][0]
     assert logic.undo_propagation()
     assert np.array_equal(segment_array(seg, logic.segment_id, volume), before)
     logic.finish()
@@ -660,3 +674,122 @@ def test_a_correction_on_a_propagated_slice_propagates_again_onward(env, logic_f
     assert undone and all(episodes[e].end["status"] == "undone" and not episodes[e].accepted for e in undone)
     below = episodes[run.engine.records[k - 1].session.episode_id]
     assert below.accepted, (below.end, run.slices, fix.slices)  # the other side: as it was
+
+
+def test_start_and_clear_on_propagated_slices_keep_the_session(env, logic_factory, tmp_path):
+    """With a propagation open, Start on a propagated slice (prompt placed there) corrects that slice and
+    propagates again onward instead of abandoning the session; Clear slice empties a propagated slice and the
+    propagated slices carried on beyond it (a clinician's slice stops it), written as one region, the other
+    segment untouched, logged as a clinician step; Undo gives the segment and the log back exactly."""
+    from dataclasses import replace
+
+    volume, liver = _ct(env)
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(liver[k])
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+
+    def show(index):
+        return env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)),
+                                                                       index, 1.0])[:3]))
+
+    node = show(k)
+    geometry = slice_geometry(volume, node)
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    other = segments.ensure_segment(seg, volume, name="kidney")
+    blocker = np.zeros(liver.shape, bool)
+    blocker[k + 2, :, :] = liver[k + 2] & (np.arange(liver.shape[2]) < np.median(xs))[None, :]
+    segments.write_region(seg, other, volume, segments.volume_extent(volume), blocker, protect_other_segments=False)
+    logic = logic_factory()
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
+                             log_folder=str(tmp_path))
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=geometry.extract(liver),
+                               policy_options=ORACLE))
+    logic.continue_()
+    key_session = logic.session
+    assert logic.propagated_slice(node) is None and logic.clearable_slice(node) is None  # no run yet
+    status = logic.run(logic.propagate_work(first=k - 1, last=k + 3))
+    assert status.startswith("propagated to 4 slices"), status
+    run = logic.volume_runs[-1]
+    propagated = segment_array(seg, logic.segment_id, volume)
+    other_before = segment_array(seg, other, volume)
+    assert logic.propagated_slice(node) is None  # the session's own slice: Start / Clear slice are not for it
+
+    # Clear slice on k+1: k+1..k+3 (propagated on from it) emptied, k-1 and k kept, one region, one undo step
+    node = show(k + 1)
+    assert logic.clearable_slice(node) == k + 1
+    status = logic.run(logic.clear_slice_work(node))
+    assert status == f"cleared slice {k + 1} (no structure here) and the 2 propagated slices beyond it", status
+    cleared = segment_array(seg, logic.segment_id, volume)
+    assert not cleared[k + 1:].any() and np.array_equal(cleared[:k + 1], propagated[:k + 1])
+    assert np.array_equal(segment_array(seg, other, volume), other_before)
+    assert run.engine.records[k + 1].origin == "cleared" and k + 2 not in run.engine.records
+    assert logic.clearable_slice(node) is None and logic.clearable_slice(show(k + 2)) is None  # nothing to clear
+    assert logic.undo_propagation()
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), propagated)
+    assert run.engine.records[k + 1].origin == "propagated" and logic.clearable_slice(show(k + 1)) == k + 1
+
+    # Start on k+2 with a box over the liver's right half and a positive click in it there: a correction of
+    # k+2 (both prompts, in that order), re-propagated to k+3
+    node = show(k + 2)
+    with pytest.raises(AgentLogicError, match=f"slice {k + 2} was propagated in this session"):
+        logic.start_work(volume, seg, node, settings)  # nothing placed: a message, the session kept
+    at = replace(geometry, index=k + 2)
+    rows, cols = np.nonzero(at.extract(liver))
+    box = Box(int((cols.min() + cols.max()) // 2), int(rows.min()), int(cols.max()), int(rows.max()))
+    logic.markups._set_box(logic.node_for_placing("box"), replace(geometry, index=k + 1), box)
+    with pytest.raises(ValueError, match=f"not on slice {k + 2}"):  # drawn on another slice than the view's
+        logic.start_work(volume, seg, node, settings)
+    click = Point((box.x1 + box.x2) // 2, (box.y1 + box.y2) // 2, True)
+
+    def place():
+        logic.markups._set_box(logic.node_for_placing("box"), at, box)
+        logic.markups.node("positive").AddControlPointWorld(*at.pixel_to_ras_point(click.x, click.y))
+
+    place()
+    actions_before = len(run.engine.records[k + 2].session.actions)
+    status = logic.run(logic.start_work(volume, seg, node, settings, first=k - 1, last=k + 3))
+    assert status.startswith(f"corrected slice {k + 2}; propagated again to 1 slices onward"), status
+    assert logic.session is key_session and logic.active and len(logic.volume_runs) == 2
+    corrected = segment_array(seg, logic.segment_id, volume)
+    assert np.array_equal(corrected[:k + 2], propagated[:k + 2])  # the other accepted slices: kept
+    assert corrected[k + 2].sum() < 0.8 * propagated[k + 2].sum()
+    for i in (k + 2, k + 3):
+        assert np.array_equal(corrected[i], run.engine.slice_mask(i) & ~blocker[i])
+    assert run.engine.records[k + 2].origin == "corrected"
+    plane = run.engine.records[k + 2].session.actions[-2:]
+    assert [type(a) for a in plane] == [Box, Point] and plane[1].positive
+    assert logic.undo_propagation()  # the Start's correction: one undo step
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), propagated)
+    assert len(run.engine.records[k + 2].session.actions) == actions_before  # the propagated prompts alone again
+    place()
+    logic.run(logic.start_work(volume, seg, node, settings, first=k - 1, last=k + 3))
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), corrected)
+
+    # Clear slice on k+1 now: the clinician's slice k+2 stops it
+    status = logic.run(logic.clear_slice_work(show(k + 1)))
+    assert status == f"cleared slice {k + 1} (no structure here)", status
+    final = segment_array(seg, logic.segment_id, volume)
+    assert not final[k + 1].any()
+    assert np.array_equal(np.delete(final, k + 1, axis=0), np.delete(corrected, k + 1, axis=0))
+    path = logic.finish()
+    episodes = {e.episode_id: e for e in read_episodes(path)}
+    k1_episodes = [e for e in episodes.values() if e.header["meta"].get("slice") == k + 1]
+    assert len(k1_episodes) == 1
+    cleared_episode = k1_episodes[0]
+    clears = [s.record for s in cleared_episode.steps if s.decision == "clear"]
+    assert len(clears) == 1 and clears[0]["actor"] == "clinician" and not decode_mask(clears[0]["mask"]).any()
+    extra = clears[0]["extra"]
+    assert extra["slice"] == k + 1 and extra["cleared"] and extra["correction"] and extra["cleared_slices"] == [k + 1]
+    assert extra["clinician_edit"] == "no structure on this slice" and extra["panel_slice"]["index"] == k + 1
+    assert [s.decision for s in cleared_episode.undone] == ["clear"]  # the first clear, undone
+    assert cleared_episode.end["status"] == "cleared" and not cleared_episode.accepted
+    fixed = [e for e in episodes.values() if e.header["meta"].get("slice") == k + 2 and e.accepted]
+    assert len(fixed) == 1 and np.array_equal(fixed[0].final_mask & ~blocker[k + 2], final[k + 2])
+    assert [(s.record["decision"], s.record["extra"]["clinician_edit"]) for s in fixed[0].steps
+            if s.record["extra"].get("correction")] == [("override", "drew a new box"),
+                                                        ("override", "placed a new point")]
+    below = episodes[run.engine.records[k - 1].session.episode_id]
+    assert below.accepted and episodes[key_session.episode_id].accepted  # nothing else was lost

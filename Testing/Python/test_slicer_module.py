@@ -315,6 +315,97 @@ def test_buttons_run_a_session(panel, tmp_path):
     panel.exit()
 
 
+def test_start_accept_and_clear_slice_on_propagated_slices(panel, tmp_path):
+    """After "Continue through the volume", the clinician scrolls the view to a propagated slice: Start with a
+    click there corrects it (the session and its other slices kept), Accept with a click on the next one
+    corrects that one, and "Clear slice" (enabled only on a propagated slice with a mask, following the view
+    as it scrolls) empties it and the propagated slices beyond it; Undo takes each back; the log holds them."""
+    volume, liver, ras = liver_scene(panel)
+    widget = panel.setup()
+    panel.enter()
+    ui = panel.ui
+    ui.logCheckBox.checked = True
+    ui.logFolderButton.directory = str(tmp_path / "logs")
+    ui.targetLineEdit.text = "liver"
+    assert ui.clearSliceButton.toolTip.startswith("No structure on the slice") and not ui.clearSliceButton.enabled
+    node = panel.headless.slice_node("Red")
+    geometry = slice_geometry(volume, node)
+    ys, xs = np.nonzero(geometry.extract(liver))  # the key slice: a box around the liver, then Start
+    widget.logic.input_markups()._set_box(widget.logic.node_for_placing("box"), geometry,
+                                          Box(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
+    ui.startButton.click()
+    assert widget.logic.active and widget.logic.session.mask.any(), ui.statusLabel.text
+    key_session = widget.logic.session
+    index = geometry.index
+    segmentation, segment_id = ui.segmentSelector.currentNode(), widget.logic.segment_id
+    ui.propagateFirstSpinBox.value, ui.propagateLastSpinBox.value = index, index + 2
+    ui.propagateButton.click()
+    assert widget.logic.last_status == "propagated to 2 slices; reached slice " + str(index + 2), \
+        widget.logic.last_status
+    propagated = slicer_array(segmentation, segment_id, volume)
+    assert not ui.clearSliceButton.enabled  # the view shows the session's own slice
+    normal = geometry.in_plane_directions()[2] * geometry.spacing[2]
+
+    def scroll_to(k):  # as the slice view's f/b keys do; the panel follows the slice node
+        node.JumpSliceByCentering(*(np.asarray(geometry.pixel_to_ras_point(*geometry.ras_to_pixel_point(ras))) +
+                                    normal * (k - index)))
+        assert slice_geometry(volume, node).index == k
+
+    scroll_to(index + 1)
+    assert ui.clearSliceButton.enabled and ui.acceptButton.enabled
+    on_k1 = np.asarray(ras) + normal  # a positive click at the liver's centre on that slice, then Start
+    widget.placePositive()
+    widget.logic.markups.node("positive").AddControlPointWorld(*on_k1)
+    ui.startButton.click()
+    assert not ui_error(panel), ui.statusLabel.text
+    assert ui.statusLabel.text.startswith(f"Corrected slice {index + 1}; propagated again to 1 slices onward")
+    assert widget.logic.session is key_session and widget.logic.active  # not a new session
+    assert panel.standins.dialogs.progress[-1].maximum == 1  # the slice range's end: one slice onward
+    assert (ui.propagateFirstSpinBox.value, ui.propagateLastSpinBox.value) == (index, index + 2)  # kept
+    started = slicer_array(segmentation, segment_id, volume)
+    assert np.array_equal(started[:index + 1], propagated[:index + 1])
+    engine = widget.logic.volume_runs[-1].engine
+    for k in (index + 1, index + 2):
+        assert np.array_equal(started[k], engine.slice_mask(k)) and started[k].any()
+
+    # Clear slice there: index+1 and index+2 (propagated on from it) emptied; Undo gives them back
+    ui.clearSliceButton.click()
+    assert ui.statusLabel.text == f"Cleared slice {index + 1} (no structure here) and the 1 propagated slices " \
+        "beyond it", ui.statusLabel.text
+    cleared = slicer_array(segmentation, segment_id, volume)
+    assert not cleared[index + 1:].any() and np.array_equal(cleared[:index + 1], propagated[:index + 1])
+    assert not ui.clearSliceButton.enabled  # nothing left to clear here
+    ui.undoButton.click()
+    assert np.array_equal(slicer_array(segmentation, segment_id, volume), started)
+    assert ui.clearSliceButton.enabled
+
+    # a click on index+2 and Accept (the A key): that slice corrected, nothing onward (the range ends there)
+    scroll_to(index + 2)
+    widget.placeNegative()
+    rows, cols = np.nonzero(slice_geometry(volume, node).extract(started) & ~slice_geometry(volume, node).extract(
+        liver))
+    spot = (cols[0], rows[0]) if len(rows) else geometry.ras_to_pixel_point(ras)
+    at = slice_geometry(volume, node)
+    widget.logic.markups.node("negative").AddControlPointWorld(*at.pixel_to_ras_point(*spot))
+    panel.press("a")
+    assert not ui_error(panel), ui.statusLabel.text
+    assert widget.logic.last_status.startswith(f"corrected slice {index + 2}; propagated again to 0 slices")
+    assert widget.logic.session is key_session
+    accepted = slicer_array(segmentation, segment_id, volume)
+    assert np.array_equal(accepted[:index + 2], started[:index + 2])
+    assert np.array_equal(accepted[index + 2], engine.slice_mask(index + 2))
+    ui.finishButton.click()
+    log = Path(ui.lastLogLabel.text.split(" to ", 1)[1])
+    episodes = read_episodes(log)
+    assert [e for e in episodes if e.episode_id == key_session.episode_id][0].accepted
+    k1 = [e for e in episodes if e.header["meta"].get("slice") == index + 1 and e.accepted]
+    assert len(k1) == 1 and [s.record["decision"] for s in k1[0].undone] == ["clear"]  # logged, then undone
+    fixes = [s.record for e in episodes for s in e.steps if (s.record.get("extra") or {}).get("correction")]
+    assert sorted((f["extra"]["slice"], f["decision"], f["extra"]["clinician_edit"]) for f in fixes) == [
+        (index + 1, "override", "placed a new point"), (index + 2, "override", "placed a new point")]
+    panel.exit()
+
+
 def slicer_array(segmentation, segment_id, volume) -> np.ndarray:
     return segments.read_region(segmentation, segment_id, volume, segments.volume_extent(volume))
 

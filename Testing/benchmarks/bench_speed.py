@@ -2,14 +2,18 @@
 side by side (the machine may be shared: absolute times move, ratios in one run hold).
 
     .venv/bin/python Testing/benchmarks/bench_speed.py [--baseline DIR] [--cases 12] [--repeats 2] [--demo-runs 3] [--large 6]
+        [--demo-only]
 
-1. In this process: LiteMedSAM's embedding on OpenVINO against eager torch (interleaved, per image), and the
-   click protocol (box + 19 oracle clicks) with each encoder: every Dice must agree within 0.002.
+1. In this process: LiteMedSAM's embedding and decoder call on OpenVINO against eager torch (interleaved, per
+   image), and the click protocol (box + 19 oracle clicks) with each runtime: every Dice must agree within
+   0.002. The OpenVINO tool is made after both exports are cached, so it is the torch-free path's (OpenVINO +
+   numpy; torch is only in this process for the eager reference).
 2. With ``--baseline DIR`` (a worktree of the previous commit: ``git worktree add /tmp/base17 HEAD``):
    ``speed_worker.py`` runs alternately on this tree and on DIR, each in its own process as the command line
    would run it: decoder call and per-click time (CPU and wall), median ratio baseline / this tree, and the
    CPU per click on 1024-pixel images (real 512-pixel ones resized); then ``medsam-agent demo`` end to end
-   (one process each, wall), alternately, after one warm-up run of each tree (this tree's export is cached).
+   (one process each, wall), alternately, after one warm-up run of each tree (this tree's export is cached),
+   and which heavy modules this tree's demo imported (``-X importtime``). ``--demo-only``: just the demo.
 """
 
 from __future__ import annotations
@@ -75,12 +79,20 @@ def large_cases(count: int):
 def embedding_and_dice(tasks) -> None:
     from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
 
-    eager, fast = LiteMedSAM(device="cpu", runtime="torch"), LiteMedSAM(device="cpu", runtime="openvino")
+    from MedSAMAgentLib.policies.oracle import gt_box
+
+    eager = LiteMedSAM(device="cpu", runtime="torch")
     start = time.perf_counter()
-    fast.set_image(tasks[0].image, key="warm-up")  # the export (first use) or the cached model's compile
-    print(f"OpenVINO encoder ready in {time.perf_counter() - start:.1f} s (backend: {fast.backend})")
+    first = LiteMedSAM(device="cpu", runtime="openvino")
+    first.set_image(tasks[0].image, key="warm-up")  # the exports (first use) or the cached models' compile
+    first.decode(box=[10, 10, 100, 100])
+    print(f"OpenVINO encoder and decoder ready in {time.perf_counter() - start:.1f} s (backend: {first.backend})")
+    start = time.perf_counter()
+    fast = LiteMedSAM(device="cpu", runtime="openvino")  # both now cached: the torch-free path
+    print(f"tool from the cache in {time.perf_counter() - start:.2f} s; torch network built: "
+          f"{fast._net is not None}, decoder: {type(fast._decoder).__name__}")
     eager.set_image(tasks[0].image, key="warm-up")
-    ratios, rows = [], []
+    ratios, decode_ratios, rows = [], [], []
     for i, task in enumerate(tasks):
         times = {}
         for name, tool in (("eager", eager), ("openvino", fast)):
@@ -88,6 +100,14 @@ def embedding_and_dice(tasks) -> None:
             tool.set_image(task.image, key=f"timing-{i}")
             times[name] = time.perf_counter() - start
         ratios.append(times["eager"] / times["openvino"])
+        box = gt_box(task.ground_truth).as_list()
+        decode_times = {"eager": [], "openvino": []}
+        for _ in range(3):
+            for name, tool in (("eager", eager), ("openvino", fast)):
+                start = time.perf_counter()
+                tool.decode(box=box)
+                decode_times[name].append(time.perf_counter() - start)
+        decode_ratios.append(np.median(decode_times["eager"]) / np.median(decode_times["openvino"]))
         a, b = run_clicks(task, eager), run_clicks(task, fast)
         worst = float(np.max(np.abs(np.array(a.dice) - np.array(b.dice))))
         rows.append((task.case.id, times["eager"], times["openvino"], ratios[-1], a.dice[5], b.dice[5], worst))
@@ -96,6 +116,8 @@ def embedding_and_dice(tasks) -> None:
     for case, te, to, ratio, de, do, worst in rows:
         print(f"{case[:44]:44s} {te:8.2f} {to:7.2f} {ratio:6.2f} {de:12.4f} {do:9.4f} {worst:11.5f}")
     worst = max(r[-1] for r in rows)
+    print(f"decoder call: median ratio eager / OpenVINO {np.median(decode_ratios):.2f} "
+          f"({np.min(decode_ratios):.2f}-{np.max(decode_ratios):.2f}) over {len(rows)} images")
     print(f"embedding: median ratio eager / OpenVINO {np.median(ratios):.2f} over {len(rows)} images; "
           f"max |Dice difference| over all 20 steps of all cases {worst:.5f} "
           f"({'within' if worst <= DICE_TOLERANCE else 'OUTSIDE'} {DICE_TOLERANCE})")
@@ -144,6 +166,42 @@ def run_tree(tree: Path, args: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+def demo_imports(tmp: Path) -> None:
+    """Which heavy modules this tree's ``demo`` imports, and its import time (``python -X importtime``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "MEDSAM_AGENT_RUNTIME")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "MedSAMAgentLib.cli", "demo", "--out",
+                           str(tmp / "demo_imports")], cwd=tmp, env=env, capture_output=True, text=True, check=True)
+    total, seen = 0, set()
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if not name.startswith("  "):  # top level: one space before the name
+            total += int(cumulative) if cumulative.strip().isdigit() else 0
+        seen.add(name.strip())
+    heavy = [m for m in ("torch", "timm", "torchvision", "skimage", "matplotlib", "SimpleITK", "scipy", "PIL",
+                         "openvino") if m in seen]
+    print(f"this tree's demo imports {total / 1e6:.2f} s in all; heavy modules loaded: {', '.join(heavy)}")
+
+
+def demo_side_by_side(baseline: Path, tmp: Path, demo_runs: int) -> None:
+    trees = {"this tree": ROOT, "baseline": baseline}
+    demo = {name: [] for name in trees}
+    for name, tree in trees.items():  # warm-up: file caches, this tree's compiled models
+        run_tree(tree, ["-m", "MedSAMAgentLib.cli", "demo", "--out", str(tmp / "demo_warm")], tmp)
+    for r in range(demo_runs):
+        for name, tree in (trees.items() if r % 2 == 0 else reversed(trees.items())):
+            demo[name].append(run_tree(tree, ["-m", "MedSAMAgentLib.cli", "demo", "--out",
+                                              str(tmp / f"demo_{r}")], tmp))
+    b, t = np.median(demo["baseline"]), np.median(demo["this tree"])
+    print(f"demo end to end (wall, {demo_runs} alternating runs): baseline {b:.1f} s "
+          f"{np.round(demo['baseline'], 1).tolist()}, this tree {t:.1f} s {np.round(demo['this tree'], 1).tolist()}; "
+          f"this tree / baseline {t / b:.2f} (per-pair ratios "
+          f"{np.round(np.array(demo['this tree']) / np.array(demo['baseline']), 2).tolist()})")
+    demo_imports(tmp)
+
+
 def side_by_side(baseline: Path, tasks, big, repeats: int, demo_runs: int) -> None:
     trees = {"this tree": ROOT, "baseline": baseline}
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,17 +248,7 @@ def side_by_side(baseline: Path, tasks, big, repeats: int, demo_runs: int) -> No
             print(f"per click at 1024 px ({len(large)} images): CPU {cpu_old:.0f} ms baseline, {cpu_new:.0f} ms this "
                   f"tree (ratio {ratio('cpu', large):.2f}); wall {np.median([v for n in large for v in old[n]['wall']]) * 1000:.0f}"
                   f" / {np.median([v for n in large for v in new[n]['wall']]) * 1000:.0f} ms")
-        demo = {name: [] for name in trees}
-        for name, tree in trees.items():  # warm-up: file caches, this tree's compiled model
-            run_tree(tree, ["-m", "MedSAMAgentLib.cli", "demo", "--out", str(tmp / "demo_warm")], tmp)
-        for r in range(demo_runs):
-            for name, tree in trees.items():
-                demo[name].append(run_tree(tree, ["-m", "MedSAMAgentLib.cli", "demo", "--out",
-                                                  str(tmp / f"demo_{r}")], tmp))
-        b, t = np.median(demo["baseline"]), np.median(demo["this tree"])
-        print(f"demo end to end (wall, {demo_runs} alternating runs): baseline {b:.1f} s "
-              f"{np.round(demo['baseline'], 1).tolist()}, this tree {t:.1f} s {np.round(demo['this tree'], 1).tolist()}; "
-              f"this tree / baseline {t / b:.2f}")
+        demo_side_by_side(baseline, tmp, demo_runs)
 
 
 def main() -> int:
@@ -210,11 +258,18 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--demo-runs", type=int, default=3)
     parser.add_argument("--skip-embedding", action="store_true")
+    parser.add_argument("--demo-only", action="store_true", help="only the demo side by side (needs --baseline)")
     parser.add_argument("--large", type=int, default=0,
                         help="also compare capped / full-grid click refinement on this many large images")
     args = parser.parse_args()
     if not (SHARED_DATA / "manifest.jsonl").exists():
         print(f"no {SHARED_DATA / 'manifest.jsonl'}: skipping", file=sys.stderr)
+        return 0
+    if args.demo_only:
+        if not args.baseline:
+            parser.error("--demo-only needs --baseline DIR")
+        with tempfile.TemporaryDirectory() as tmp:
+            demo_side_by_side(args.baseline.resolve(), Path(tmp), args.demo_runs)
         return 0
     tasks, big = pick_cases(args.cases)
     if not args.skip_embedding:

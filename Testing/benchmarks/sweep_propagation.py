@@ -39,16 +39,17 @@ from MedSAMAgentLib.propagation import VolumeSession  # noqa: E402
 from MedSAMAgentLib.propagation_rules import DEFAULT_RULES, PropagationRules, stop_reason  # noqa: E402
 from MedSAMAgentLib.volumes import disk_embeddings, load_volume_case  # noqa: E402
 
-PROMPT_RULES = {  # name -> (margin, click depth, clicks[, max growth beyond the neighbour's prompt box])
-    "m0": (0, None, 0), "m1": (1, None, 0), "m3": (3, None, 0), "m6": (6, None, 0),
-    "m3-d4": (3, 4.0, 1), "m3-d8": (3, 8.0, 1), "m3-d4x3": (3, 4.0, 3),
-    "m3-g0": (3, None, 0, 0), "m3-g1": (3, None, 0, 1), "m3-g2": (3, None, 0, 2),
+PROMPT_RULES = {  # name -> (margin, click depth, clicks, max growth beyond the neighbour's prompt box, tightenings)
+    "m0": (0, None, 0, None, 0), "m1": (1, None, 0, None, 0), "m3": (3, None, 0, None, 0),
+    "m6": (6, None, 0, None, 0), "m3-d4": (3, 4.0, 1, None, 0), "m3-d8": (3, 8.0, 1, None, 0),
+    "m3-d4x3": (3, 4.0, 3, None, 0), "m3-g0": (3, None, 0, 0, 0), "m3-g1": (3, None, 0, 1, 0),
+    "m3-g2": (3, None, 0, 2, 0), "m3-t1": (3, None, 0, None, 1), "m3-t3": (3, None, 0, None, 3),
 }
+PROMPT_FIELDS = ("margin", "click_depth", "max_clicks", "max_growth", "tighten")
 
 
 def prompt_rules(name: str) -> PropagationRules:
-    margin, depth, clicks, *growth = PROMPT_RULES[name]
-    return PropagationRules(margin, depth, clicks, max_growth=growth[0] if growth else None)
+    return PropagationRules(**dict(zip(PROMPT_FIELDS, PROMPT_RULES[name])))
 INF = float("inf")
 STOP_GRID = {  # threshold -> values tried (the first: never stops)
     "stop_iou": (-1.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
@@ -256,8 +257,7 @@ def main() -> int:
         base = prompt_rules(rule)
         entry: dict = {"ceiling_mean_dice": round(float(np.mean([ceiling(c) for c in chain.values()])), 4)}
         for name, rules in (("no_stop", replace(base, **NEVER_STOP)),
-                            ("default_rules", replace(DEFAULT_RULES, margin=base.margin, max_growth=base.max_growth,
-                                                      click_depth=base.click_depth, max_clicks=base.max_clicks))):
+                            ("default_rules", replace(DEFAULT_RULES, **{k: getattr(base, k) for k in PROMPT_FIELDS}))):
             scores = [case_score(c, rules) for c in chain.values()]
             entry[name] = {"mean_dice": round(float(np.mean([s[0] for s in scores])), 4),
                            "cases_past_2": int(sum(max(s[1:]) > 2 for s in scores))}
