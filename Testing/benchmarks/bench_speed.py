@@ -2,7 +2,7 @@
 side by side (the machine may be shared: absolute times move, ratios in one run hold).
 
     .venv/bin/python Testing/benchmarks/bench_speed.py [--baseline DIR] [--cases 12] [--repeats 2] [--demo-runs 3] [--large 6]
-        [--demo-only]
+        [--demo-only] [--bf16]
 
 1. In this process: LiteMedSAM's embedding and decoder call on OpenVINO against eager torch (interleaved, per
    image), and the click protocol (box + 19 oracle clicks) with each runtime: every Dice must agree within
@@ -14,6 +14,10 @@ side by side (the machine may be shared: absolute times move, ratios in one run 
    CPU per click on 1024-pixel images (real 512-pixel ones resized); then ``medsam-agent demo`` end to end
    (one process each, wall), alternately, after one warm-up run of each tree (this tree's export is cached),
    and which heavy modules this tree's demo imported (``-X importtime``). ``--demo-only``: just the demo.
+3. ``--bf16`` (a CPU with bf16 instructions): the opt-in ``precision=bf16`` encoder's embedding time against
+   eager and f32 (same images, in this process), then the click protocol with the f32 and the bf16 tool on
+   every 2D-evaluable row of the shared manifest: overall and per-group Dice@5 change and NoC@90, against the
+   issue's bar (overall Dice@5 drop <= 0.005, no group's drop >= 0.01).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from MedSAMAgentLib.manifest import SHARED_DATA, read_manifest  # noqa: E402
 
 COLLECTIONS = ("medscribble", "sam-med2d", "volumes")  # the shared set's original 2D rows
 DICE_TOLERANCE = 0.002
+BF16_OVERALL_DROP, BF16_GROUP_DROP = 0.005, 0.01  # issue 17's bar for a reduced-precision path
 WORKER = Path(__file__).with_name("speed_worker.py")
 
 
@@ -121,6 +126,64 @@ def embedding_and_dice(tasks) -> None:
     print(f"embedding: median ratio eager / OpenVINO {np.median(ratios):.2f} over {len(rows)} images; "
           f"max |Dice difference| over all 20 steps of all cases {worst:.5f} "
           f"({'within' if worst <= DICE_TOLERANCE else 'OUTSIDE'} {DICE_TOLERANCE})")
+
+
+def bf16_embedding(tasks) -> None:
+    """Embedding time of the bf16 encoder against eager torch and f32 OpenVINO, per image (best of 2, order
+    alternating per image)."""
+    from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
+
+    tools = {"eager": LiteMedSAM(device="cpu", runtime="torch"), "f32": LiteMedSAM(device="cpu"),
+             "bf16": LiteMedSAM(device="cpu", precision="bf16")}
+    for tool in tools.values():
+        tool.set_image(tasks[0].image, key="warm-up")
+    times = {name: [] for name in tools}
+    for i, task in enumerate(tasks):
+        best = {name: [] for name in tools}
+        for r in range(2):
+            for name, tool in (tools.items() if (i + r) % 2 == 0 else reversed(tools.items())):
+                start = time.perf_counter()
+                tool.set_image(task.image, key=f"bf16-{i}-{r}")
+                best[name].append(time.perf_counter() - start)
+        for name in tools:
+            times[name].append(min(best[name]))
+    t = {name: np.array(v) for name, v in times.items()}
+    print(f"\nbf16 encoder, {len(tasks)} images: median s eager {np.median(t['eager']):.3f}, f32 "
+          f"{np.median(t['f32']):.3f}, bf16 {np.median(t['bf16']):.3f}")
+    for a, b in (("eager", "f32"), ("eager", "bf16"), ("f32", "bf16")):
+        r = t[a] / t[b]
+        print(f"  embedding median ratio {a} / {b} {np.median(r):.2f} ({r.min():.2f}-{r.max():.2f})")
+
+
+def bf16_clicks() -> None:
+    """The click protocol with the f32 and the bf16 tool on every 2D-evaluable row of the shared manifest."""
+    from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
+
+    rows = [c for c in read_manifest(SHARED_DATA / "manifest.jsonl") if c.dims == 2]
+    tasks, skipped = load_cases(rows)
+    tools = {"f32": LiteMedSAM(device="cpu"), "bf16": LiteMedSAM(device="cpu", precision="bf16")}
+    results = {name: [] for name in tools}
+    for task in tasks:
+        for name, tool in tools.items():
+            results[name].append(run_clicks(task, tool))
+    print(f"\nclick protocol f32 vs bf16 on all {len(tasks)} 2D-evaluable rows ({len(skipped)} skipped)")
+    print(f"{'group':34s} {'n':>3s} {'Dice@5 f32':>10s} {'bf16':>7s} {'change':>7s} {'NoC@90 f32':>10s} {'bf16':>5s}")
+    groups = sorted({t.case.group for t in tasks})
+    worst = 0.0
+    for group in [*groups, "overall"]:
+        pick = [i for i, t in enumerate(tasks) if group in ("overall", t.case.group)]
+        d = {n: float(np.mean([results[n][i].dice[5] for i in pick])) for n in tools}
+        noc = {n: float(np.mean([results[n][i].noc90 for i in pick])) for n in tools}
+        change = d["bf16"] - d["f32"]
+        if group != "overall":
+            worst = min(worst, change)
+        print(f"{group[:34]:34s} {len(pick):3d} {d['f32']:10.4f} {d['bf16']:7.4f} {change:+7.4f} {noc['f32']:10.2f} "
+              f"{noc['bf16']:5.2f}")
+    case_change = [b.dice[5] - a.dice[5] for a, b in zip(results["f32"], results["bf16"])]
+    print(f"per case Dice@5 change: worst {min(case_change):+.4f}, best {max(case_change):+.4f}")
+    passed = change >= -BF16_OVERALL_DROP and worst > -BF16_GROUP_DROP
+    print(f"bar (overall drop <= {BF16_OVERALL_DROP}, no group's drop >= {BF16_GROUP_DROP}): overall {change:+.4f}, "
+          f"worst group {worst:+.4f}: {'MET' if passed else 'MISSED'}")
 
 
 def capped_refinement(large) -> None:
@@ -259,6 +322,8 @@ def main() -> int:
     parser.add_argument("--demo-runs", type=int, default=3)
     parser.add_argument("--skip-embedding", action="store_true")
     parser.add_argument("--demo-only", action="store_true", help="only the demo side by side (needs --baseline)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also the bf16 encoder: its speed, and the click protocol on every 2D row against f32")
     parser.add_argument("--large", type=int, default=0,
                         help="also compare capped / full-grid click refinement on this many large images")
     args = parser.parse_args()
@@ -274,6 +339,9 @@ def main() -> int:
     tasks, big = pick_cases(args.cases)
     if not args.skip_embedding:
         embedding_and_dice(tasks)
+    if args.bf16:
+        bf16_embedding(tasks)
+        bf16_clicks()
     if args.large:
         capped_refinement(large_cases(args.large))
     if args.baseline:
