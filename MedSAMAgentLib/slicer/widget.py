@@ -403,13 +403,7 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The proposal; or a click/box placed on a propagated slice corrects that slice (as Override)."""
         if self._busy:
             return
-        progress = self._sliceProgress = PropagationProgress()
-        work = self.guarded(self.logic.accept_work, self.ui.propagateFirstSpinBox.value,
-                            self.ui.propagateLastSpinBox.value, progress)
-        try:
-            self.runWork(work, progress=work.progress if work is not None else None)
-        finally:
-            self._sliceProgress = None
+        self._runCorrecting(self.logic.accept_work)
 
     def toggleOverride(self):
         self.ui.overrideButton.toggle()
@@ -423,11 +417,15 @@ class AgentPanel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         "Override again.")
             return
         self.logic.set_override_mode(False)
-        # a click/box placed on a propagated slice corrects that slice and propagates again onward, within the
-        # slice range, counted in the progress dialog (Cancel keeps the slices done)
+        self._runCorrecting(self.logic.override_work)
+
+    def _runCorrecting(self, make_work):
+        """Run ``make_work(first, last, progress)``: a click/box placed on a propagated slice corrects that slice
+        and propagates again onward, within the slice range, counted in the progress dialog (Cancel keeps the
+        slices done); otherwise the work it returns runs as usual."""
         progress = self._sliceProgress = PropagationProgress()
-        work = self.guarded(self.logic.override_work, self.ui.propagateFirstSpinBox.value,
-                            self.ui.propagateLastSpinBox.value, progress)
+        work = self.guarded(make_work, self.ui.propagateFirstSpinBox.value, self.ui.propagateLastSpinBox.value,
+                            progress)
         try:
             self.runWork(work, progress=work.progress if work is not None else None)
         finally:

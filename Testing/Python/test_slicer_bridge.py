@@ -251,6 +251,16 @@ def _ct(env):
     return volume, labels == LIVER
 
 
+def _key_slice_session(logic, volume, seg, node, truth, tmp_path) -> AgentSettings:
+    """The oracle's one box on the view's slice of the liver, accepted: the key slice propagation starts from.
+    Returns the settings it started with."""
+    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
+                             log_folder=str(tmp_path))
+    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
+    logic.continue_()
+    return settings
+
+
 def _check_log(path, geometry, volume_name):
     episode = read_episodes(path)[-1]
     assert episode.accepted and episode.end["status"] == "finished"
@@ -452,10 +462,7 @@ def test_propagation_writes_and_undoes_a_3d_segment(env, logic_factory, tmp_path
     segments.write_region(seg, other, volume, segments.volume_extent(volume), blocker, protect_other_segments=False)
     truth = geometry.extract(liver)
     logic = logic_factory()
-    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
-                             log_folder=str(tmp_path))
-    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=truth, policy_options=ORACLE))
-    logic.continue_()
+    settings = _key_slice_session(logic, volume, seg, node, truth, tmp_path)
     assert logic.session.mask.any() and logic.slice_count == liver.shape[0]
     key_before = segment_array(seg, logic.segment_id, volume)
     other_before = segment_array(seg, other, volume)
@@ -611,11 +618,7 @@ def test_a_correction_on_a_propagated_slice_propagates_again_onward(env, logic_f
     assert geometry.axis == 2 and geometry.index == k
     seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     logic = logic_factory()
-    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
-                             log_folder=str(tmp_path))
-    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=geometry.extract(liver),
-                               policy_options=ORACLE))
-    logic.continue_()
+    _key_slice_session(logic, volume, seg, node, geometry.extract(liver), tmp_path)
     status = logic.run(logic.propagate_work(first=k - 1, last=k + 3))
     assert status.startswith("propagated to 4 slices"), status
     run = logic.volume_runs[-1]
@@ -703,11 +706,7 @@ def test_start_and_clear_on_propagated_slices_keep_the_session(env, logic_factor
     blocker[k + 2, :, :] = liver[k + 2] & (np.arange(liver.shape[2]) < np.median(xs))[None, :]
     segments.write_region(seg, other, volume, segments.volume_extent(volume), blocker, protect_other_segments=False)
     logic = logic_factory()
-    settings = AgentSettings(policy="oracle", target="liver", max_actions=1, log_enabled=True,
-                             log_folder=str(tmp_path))
-    logic.run(logic.start_work(volume, seg, node, settings, ground_truth=geometry.extract(liver),
-                               policy_options=ORACLE))
-    logic.continue_()
+    settings = _key_slice_session(logic, volume, seg, node, geometry.extract(liver), tmp_path)
     key_session = logic.session
     assert logic.propagated_slice(node) is None and logic.clearable_slice(node) is None  # no run yet
     status = logic.run(logic.propagate_work(first=k - 1, last=k + 3))

@@ -186,7 +186,8 @@ def test_parameter_node_round_trip(panel, tmp_path):
 
 
 # -- a whole session through the buttons ------------------------------------------------------------------------
-def test_buttons_run_a_session(panel, tmp_path):
+def _liver_panel(panel, tmp_path):
+    """The panel shown on the liver scene, logging every step into tmp_path/logs, target "liver"."""
     volume, liver, ras = liver_scene(panel)
     widget = panel.setup()
     panel.enter()
@@ -194,6 +195,11 @@ def test_buttons_run_a_session(panel, tmp_path):
     ui.logCheckBox.checked = True
     ui.logFolderButton.directory = str(tmp_path / "logs")
     ui.targetLineEdit.text = "liver"
+    return volume, liver, ras, widget, ui
+
+
+def test_buttons_run_a_session(panel, tmp_path):
+    volume, liver, ras, widget, ui = _liver_panel(panel, tmp_path)
     interaction = panel.headless.app_logic.GetInteractionNode()
     interaction.SetPlaceModePersistence(1)  # the user's own setting, which the panel must leave alone
 
@@ -320,13 +326,7 @@ def test_start_accept_and_clear_slice_on_propagated_slices(panel, tmp_path):
     click there corrects it (the session and its other slices kept), Accept with a click on the next one
     corrects that one, and "Clear slice" (enabled only on a propagated slice with a mask, following the view
     as it scrolls) empties it and the propagated slices beyond it; Undo takes each back; the log holds them."""
-    volume, liver, ras = liver_scene(panel)
-    widget = panel.setup()
-    panel.enter()
-    ui = panel.ui
-    ui.logCheckBox.checked = True
-    ui.logFolderButton.directory = str(tmp_path / "logs")
-    ui.targetLineEdit.text = "liver"
+    volume, liver, ras, widget, ui = _liver_panel(panel, tmp_path)
     assert ui.clearSliceButton.toolTip.startswith("No structure on the slice") and not ui.clearSliceButton.enabled
     node = panel.headless.slice_node("Red")
     geometry = slice_geometry(volume, node)
