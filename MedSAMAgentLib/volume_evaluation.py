@@ -128,21 +128,21 @@ def run_volume(case: Case, tool, *, corrections: int = CORRECTIONS, rules: Propa
                 break
             index, what = action
             label = f"{index}:{'clear' if what == 'clear' else what.kind}"
-            if what == "clear":
-                session.clear(index)
-            else:
-                operations = session.correct(index, what)
-                if what.kind == "box":
-                    boxed.add(index)
-                if len(operations) > 1 and dice(session.mask(), gt) < dices[-1]:
-                    # the clinician reviews the re-propagated slices and takes the runs back when they made the
-                    # volume worse (undo per operation); the correction on the slice itself stays
-                    for _ in operations[1:]:
-                        session.undo()
-                    label += "(runs undone)"
-            done.append(label)
+            operations = session.clear(index) if what == "clear" else session.correct(index, what)
+            if what != "clear" and what.kind == "box":
+                boxed.add(index)
             mask = session.mask()
-            dices.append(dice(mask, gt))
+            score = dice(mask, gt)
+            if what != "clear" and len(operations) > 1 and score < dices[-1]:
+                # the clinician reviews the re-propagated slices and takes the runs back when they made the
+                # volume worse (undo per operation); the correction on the slice itself stays
+                for _ in operations[1:]:
+                    session.undo()
+                label += "(runs undone)"
+                mask = session.mask()
+                score = dice(mask, gt)
+            done.append(label)
+            dices.append(score)
             if n in REPORTED:
                 nsd[n] = surface_dice(mask, gt, spacing, NSD_TOLERANCE_MM)
         missing = [n for n in REPORTED if n not in nsd]  # the clinician had nothing left to correct
