@@ -10,8 +10,9 @@ clinician
   (``PropagationRun.stop_reason``), at the volume's edge, or at a slice the clinician owns;
 - corrects any slice (``correct``: a box or click on that slice's session, ``clear``: no structure here);
   propagation then runs again from that slice onward (away from the key slice), up to the next slice
-  the clinician owns, and back toward the key slice only over slices no run reached (a gap); slices the
-  clinician owns (key, corrected, cleared) are never overwritten;
+  the clinician owns, and back toward the key slice only over slices no run reached (a gap: bridged from
+  both ends without the stop rule when a mask closes it, ``repropagate``); slices the clinician owns (key,
+  corrected, cleared) are never overwritten;
 - undoes per operation (``undo``: the last propagation run, correction or clear, exactly) or per slice
   (``undo_slice``: the last step of that slice's own session).
 
@@ -158,10 +159,13 @@ class PropagationRun:
     slices: list[int] = field(default_factory=list)  # slices it wrote, in order
     stop_slice: Optional[int] = None  # where it proposed to stop (the structure seems to end), if it did
     stop_reason: str = ""  # why it ended: the stop rule, "volume edge", "slice k is the clinician's", ...
+    judged: bool = True  # the stop rule applied (False: a bridge over a gap with the structure on both sides)
 
 
 class VolumeSession:
     """A volume, a tool and the slices' sessions; see the module docstring for the workflow."""
+
+    bridges = True  # a gap closed by a mask is bridged from both ends (``repropagate``)
 
     def __init__(
         self,
@@ -241,10 +245,10 @@ class VolumeSession:
     def correct(self, index: int, action: Action, *, repropagate: bool = True,
                 extra: Optional[dict] = None) -> list[Operation]:
         """The clinician's box or click on a slice. On a slice with a session, it overrides the agent's next
-        proposal there (logged as a correction); on an empty slice it starts that slice's session. Then
-        propagation runs again from this slice onward, and back toward the key slice over the slices no run
-        has reached (a gap; it stops at the first slice with a mask, so nothing accepted is overwritten).
-        Returns the operations (the correction, the runs)."""
+        proposal there (logged as a correction); on an empty slice it starts that slice's session. Then, with
+        ``repropagate``, propagation runs again onward and over the gap back toward the key slice (only
+        slices no run reached: nothing accepted is overwritten; ``repropagate``). Returns the operations (the
+        correction, the runs)."""
         self.volume.check_index(index)
         if isinstance(action, Stop):
             raise ValueError("a correction is a box or a click")
@@ -270,15 +274,44 @@ class VolumeSession:
         if self.key_index is None:
             self.key_index = index
         self.operations.append(operation)
-        done = [operation]
-        if repropagate:
-            for direction in self.onward(index):
-                done.append(self._propagate(index, direction))
-            back = index - self.onward(index)[0] if len(self.onward(index)) == 1 else None
-            if back is not None and 0 <= back < self.volume.slices and back not in self.records:
-                # a slice the earlier run never reached: fill the gap back toward the key slice, empty slices only
-                done.append(self._propagate(index, back - index, empty_only=True))
+        return [operation] + (self.repropagate(index) if repropagate else [])
+
+    def repropagate(self, index: int, *, first: Optional[int] = None, last: Optional[int] = None,
+                    cancel: Optional[Callable[[], bool]] = None,
+                    on_slice: Optional[Callable[[SliceRecord], None]] = None) -> list[Operation]:
+        """After a correction on ``index``: propagation again onward (within slices ``first``-``last``, default
+        the volume), then over the gap back toward the key slice (``gap``). A gap with a mask at its far end
+        lies between two slices with the structure, so it is bridged without the stop rule, each half carried
+        from its nearer end (the drift grows with the distance); an open gap runs under the stop rule."""
+        bounds = {+1: last, -1: first}
+        done = [self._propagate(index, direction, until=bounds[direction], cancel=cancel, on_slice=on_slice)
+                for direction in self.onward(index)]
+        if len(self.onward(index)) == 1:
+            back = -self.onward(index)[0]
+            slices, far = self.gap(index, back, bounds[back])
+            if slices and far is not None and self.bridges:
+                near = slices[:(len(slices) + 1) // 2]
+                done.append(self._propagate(index, back, until=near[-1], cancel=cancel, on_slice=on_slice,
+                                            empty_only=True, judged=False))
+                if len(near) < len(slices):
+                    done.append(self._propagate(far, -back, until=slices[len(near)], cancel=cancel,
+                                                on_slice=on_slice, empty_only=True, judged=False))
+            elif slices:
+                done.append(self._propagate(index, back, until=bounds[back], cancel=cancel, on_slice=on_slice,
+                                            empty_only=True))
         return done
+
+    def gap(self, index: int, direction: int, bound: Optional[int] = None) -> tuple[list[int], Optional[int]]:
+        """The slices after ``index`` in ``direction`` that no run reached (up to ``bound``, inclusive), and the
+        slice with a mask that closes the gap (None: the gap runs to the bound, or to a cleared slice)."""
+        edge = (self.volume.slices - 1 if direction > 0 else 0) if bound is None else bound
+        slices, k = [], index + direction
+        while (edge - k) * direction >= 0 and 0 <= k < self.volume.slices and k not in self.records:
+            slices.append(k)
+            k += direction
+        closed = (edge - k) * direction >= 0 and self.records.get(k) is not None \
+            and self.records[k].session is not None and bool(self.records[k].mask.any())
+        return slices, k if closed else None
 
     def clear(self, index: int, repropagate: bool = True) -> list[Operation]:
         """The clinician says the structure is not on this slice: it becomes empty and the clinician's; the
@@ -312,8 +345,11 @@ class VolumeSession:
 
     def _propagate(self, start: int, direction: int, *, until: Optional[int] = None,
                    reviewer: Optional[Reviewer] = None, cancel: Optional[Callable[[], bool]] = None,
-                   on_slice: Optional[Callable[[SliceRecord], None]] = None, empty_only: bool = False) -> Operation:
-        run = PropagationRun(len(self.runs) + 1, start, direction)
+                   on_slice: Optional[Callable[[SliceRecord], None]] = None, empty_only: bool = False,
+                   judged: bool = True) -> Operation:
+        """One direction from ``start``; ``empty_only``: only over slices no run reached; ``judged``: the stop
+        rule applies (a bridge between two slices with the structure runs without it)."""
+        run = PropagationRun(len(self.runs) + 1, start, direction, judged=judged)
         self.runs.append(run)
         operation = Operation("propagate", run=run)
         neighbour, k = self.slice_mask(start), start + direction
@@ -359,7 +395,7 @@ class VolumeSession:
                                   self.volume.slice_image(k - direction), start=reference, box=box,
                                   smallest_area=smallest)
             # the stop rule judges the agent's slices; one the clinician prompted is theirs to judge
-            reason = stop_reason(signal, self.rules) if session.clinician_actions == 0 else None
+            reason = stop_reason(signal, self.rules) if judged and session.clinician_actions == 0 else None
             if reason:
                 run.stop_slice, run.stop_reason = k, f"slice {k}: {reason}"
                 session.finish(accepted=False, status="propagation-stop", reason=reason)
@@ -459,6 +495,8 @@ def describe_operation(operation: Operation) -> str:
     if operation.run is not None:
         run = operation.run
         where = f"slices {min(run.slices)}-{max(run.slices)}" if run.slices else "no slice"
-        return f"propagated {len(run.slices)} ({where}) {'up' if run.direction > 0 else 'down'}: {run.stop_reason}"
+        bridge = "" if run.judged else " to bridge a gap"
+        return (f"propagated {len(run.slices)} ({where}) {'up' if run.direction > 0 else 'down'}{bridge}: "
+                f"{run.stop_reason}")
     return f"{operation.kind} on slice(s) {', '.join(map(str, operation.changed))}"
 

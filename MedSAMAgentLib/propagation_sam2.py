@@ -179,6 +179,8 @@ class SAM2VolumeSession(VolumeSession):
     """``VolumeSession`` whose propagation is SAM2's memory (see the module docstring); ``options`` as there
     (``rules`` and ``prefetch`` do not apply: SAM2 reads its own object score and encodes frames as it goes)."""
 
+    bridges = False  # one memory pass from the corrected frame fills a gap: its memory holds both ends
+
     def __init__(self, tool: Any, volume: Volume, **options: Any):
         options["prefetch"] = 0
         super().__init__(tool, volume, **options)
@@ -320,9 +322,11 @@ class SAM2VolumeSession(VolumeSession):
     # -- propagation ------------------------------------------------------------------------------------------
     def _propagate(self, start: int, direction: int, *, until: Optional[int] = None,
                    reviewer: Optional[Reviewer] = None, cancel: Optional[Callable[[], bool]] = None,
-                   on_slice: Optional[Callable[[SliceRecord], None]] = None, empty_only: bool = False) -> Operation:
+                   on_slice: Optional[Callable[[SliceRecord], None]] = None, empty_only: bool = False,
+                   judged: bool = True) -> Operation:
         """One direction from ``start``; ``empty_only``: only over slices no run reached (VolumeSession's gap
-        filling after a correction), stopping at the first slice with a mask."""
+        filling after a correction), stopping at the first slice with a mask. SAM2 has no stop rule to lift
+        (``judged``): it stops where its object score says the structure is absent."""
         run = PropagationRun(len(self.runs) + 1, start, direction)
         self.runs.append(run)
         operation = Operation("propagate", run=run)

@@ -244,14 +244,19 @@ class AgentLogic:
             raise AgentLogicError("choose an input volume and a segmentation first")
         if self.active and (volume_node.GetID(), segmentation_node.GetID()) == \
                 (self.volume_node.GetID(), self.segmentation_node.GetID()):
-            target = self.propagated_slice(slice_node)
+            target = self.correctable_slice(slice_node)
             if target is not None:
                 placed = self.markups.new_actions(replace(self.geometry, index=target))
-                if not placed:
+                if not placed and self._run_holding(target) is not None:
                     raise AgentLogicError(
                         f"slice {target} was propagated in this session: place a click or draw a box on it and "
                         "press Start to correct it (the other slices are kept), or press Clear slice; Finish "
                         "first to start a new session there")
+                if not placed:
+                    raise AgentLogicError(
+                        f"slice {target} has no mask in this session's propagation: draw a box on it (or place a "
+                        "positive click) and press Start to carry the segment on from there; Finish first to "
+                        "start a new session there")
                 return self._correct_work(target, placed, first, last, progress)
         geometry = slice_geometry(volume_node, slice_node)
         try:
@@ -593,11 +598,33 @@ class AgentLogic:
             at = slice_geometry(self.volume_node, slice_node)
         except SliceGeometryError:
             return None
-        own = self.geometry
-        plane = lambda g: (g.axis, g.col_axis, g.row_axis, g.col_flip, g.row_flip, tuple(g.dims))  # noqa: E731
-        if plane(at) != plane(own) or not np.allclose(at.ijk_to_ras, own.ijk_to_ras) or at.index == own.index:
+        if not self._same_plane(at) or at.index == self.geometry.index:
             return None
         return at.index if self._run_holding(at.index) is not None else None
+
+    def correctable_slice(self, slice_node) -> Optional[int]:
+        """The slice ``slice_node`` shows when Start there corrects the open session's propagation: a slice a
+        run wrote (``propagated_slice``) or one of the session's plane that no run reached (the segment is
+        carried on from it); None otherwise."""
+        if not self.active or not self.volume_runs or slice_node is None:
+            return None
+        try:
+            at = slice_geometry(self.volume_node, slice_node)
+        except SliceGeometryError:
+            return None
+        return self.correctable_slice_index(at.index) if self._same_plane(at) else None
+
+    def correctable_slice_index(self, index: int) -> Optional[int]:
+        """``index`` if a Start there corrects the propagation: any slice of the volume but the session's own
+        (a propagated slice, a cleared one, or one no run reached)."""
+        if not self.volume_runs or index == self.geometry.index or not 0 <= index < self.slice_count:
+            return None
+        return index
+
+    def _same_plane(self, at) -> bool:
+        own = self.geometry
+        plane = lambda g: (g.axis, g.col_axis, g.row_axis, g.col_flip, g.row_flip, tuple(g.dims))  # noqa: E731
+        return plane(at) == plane(own) and bool(np.allclose(at.ijk_to_ras, own.ijk_to_ras))
 
     def _write_slices(self, mask: np.ndarray, axis: int, first: int, last: int):
         """Write the engine's 3D ``mask`` (IJK as K, J, I) into the segment over slices ``first``..``last`` along
@@ -662,19 +689,24 @@ class AgentLogic:
     def _correct_work(self, index: int, placed: list[tuple[Action, str]], first: Optional[int],
                       last: Optional[int], progress: Optional[PropagationProgress]) -> Work:
         """``correct_propagated_work`` with one or more prompts (a Start with a box and clicks): each is one
-        ``VolumeSession.correct`` on the slice, then one re-propagation; all of it one undo step."""
+        ``VolumeSession.correct`` on the slice, then one re-propagation (``VolumeSession.repropagate``: onward,
+        and over the slices between it and the propagated ones that no run reached); all of it one undo step.
+        A slice no run reached (propagation stopped before it) is corrected the same way: the segment goes on
+        from there."""
         self._require_session()
         run = self._run_holding(index)
-        if run is None:
+        if run is None and self.correctable_slice_index(index) is None:
             raise AgentLogicError(f"no propagation of this session wrote slice {index}: Continue through the volume "
                                   "first, or press Start on that slice")
-        engine, geometry = run.engine, self.geometry
+        engine, geometry = (run or self.volume_runs[-1]).engine, self.geometry
         count = self.slice_count
         first, last = (0 if first is None else int(first)), (count - 1 if last is None else int(last))
         onward = engine.onward(index)[0]
         bound = last if onward > 0 else first
         progress = progress or PropagationProgress()
-        progress.total, progress.done = max((bound - index) * onward, 0), 0
+        progress.total = max((bound - index) * onward, 0) + len(engine.gap(index, -onward, first if onward > 0
+                                                                           else last)[0])
+        progress.done = 0
         at = replace(geometry, index=index)
         corrections = []
         for action, how in placed:
@@ -695,8 +727,8 @@ class AgentLogic:
                 def on_slice(record) -> None:
                     progress.done, progress.slice = progress.done + 1, record.index
 
-                operations += engine.propagate(onward, start=index, until=bound, cancel=progress.cancel.is_set,
-                                               on_slice=on_slice)
+                operations += engine.repropagate(index, first=first, last=last, cancel=progress.cancel.is_set,
+                                                 on_slice=on_slice)
             return operations
 
         def apply(operations):
@@ -709,10 +741,13 @@ class AgentLogic:
             for i in changed:
                 self.propagated_episodes[(node_id, axis, i)] = engine.records[i].session.episode_id
             self._draw()  # the placed prompt was the propagated slice's: the markups show this slice's again
-            again = [i for i in changed if i != index]
-            reasons = [op.run.stop_reason for op in operations if op.run is not None and op.run.stop_reason]
+            runs = [op.run for op in operations if op.run is not None]
+            again = sorted({i for r in runs if r.judged for i in r.slices})
+            bridged = sorted({i for r in runs if not r.judged for i in r.slices})
+            reasons = [r.stop_reason for r in runs if r.judged and r.stop_reason]
             self.last_status = (f"corrected slice {index}; propagated again to {len(again)} slices onward" +
-                                "".join(f"; {r}" for r in reasons))
+                                (f"; bridged the {len(bridged)} slices back to the propagated ones" if bridged
+                                 else "") + "".join(f"; {r}" for r in reasons))
             return self.last_status
 
         return self._work(f"Correcting slice {index} and propagating onward", compute, apply, long=True,

@@ -12,7 +12,7 @@ from MedSAMAgentLib.images import normalise_volume
 from MedSAMAgentLib.manifest import bundled_manifest
 from MedSAMAgentLib.metrics import dice
 from MedSAMAgentLib.policies.oracle import corrective_click, gt_box
-from MedSAMAgentLib.propagation import VolumeSession
+from MedSAMAgentLib.propagation import VolumeSession, describe_operation
 from MedSAMAgentLib.volumes import load_volume_case
 
 CASE = "volumes/totalseg_ct_gallbladder"
@@ -240,23 +240,38 @@ def test_stop_signals_read_drift_box_filling_and_regrowth():
     assert neighbour_box(filled, 3, previous=Box(8, 9, 30, 31), max_growth=1) == Box(7, 8, 31, 32)
 
 
-def test_a_correction_beyond_a_gap_fills_it_back_toward_the_key_only_over_empty_slices(tool, volume_case):
+def test_a_correction_beyond_a_gap_bridges_it_from_both_ends_only_over_empty_slices(tool, volume_case):
+    """The gap between a corrected slice and the propagated ones has the structure at both ends: each half is
+    carried from its nearer end without the stop rule; a gap that a cleared slice closes runs under the rule."""
     _, volume, gt = volume_case
     key = _key(gt)
     session = VolumeSession(tool, volume, target="gallbladder", ground_truth=gt)
     session.start(key, gt_box(gt[key]))
     session.propagate(+1)
     before = _masks(session)
-    j = key - 3
+    j = key - 4
+    assert session.gap(j, +1) == ([key - 3, key - 2, key - 1], key)
     operations = session.correct(j, gt_box(gt[j]))
-    assert [op.kind for op in operations] == ["correct", "propagate", "propagate"]
-    gap = operations[2].run
-    assert gap.direction == 1 and gap.slices == [key - 2, key - 1], gap.stop_reason
-    assert gap.stop_reason == f"slice {key} is the clinician's"  # the key slice: nothing overwritten
+    assert [op.kind for op in operations] == ["correct", "propagate", "propagate", "propagate"]
+    near, far = operations[2].run, operations[3].run
+    assert (near.start, near.direction, near.slices, near.judged) == (j, +1, [key - 3, key - 2], False)
+    assert (far.start, far.direction, far.slices, far.judged) == (key, -1, [key - 1], False)
+    assert operations[1].run.judged and operations[1].run.direction == -1
+    assert all(session.slice_mask(k).any() for k in range(j, key))
     assert all(np.array_equal(session.slice_mask(k), before[k]) for k in range(key, volume.slices))
-    for _ in range(3):
+    assert "to bridge a gap" in describe_operation(operations[2])
+    for _ in operations:
         session.undo()
     assert all(np.array_equal(session.slice_mask(k), before[k]) for k in before)
+
+    # a cleared slice closes the gap: no structure there, so the run from the correction keeps its stop rule
+    session.correct(key - 1, gt_box(gt[key - 1]), repropagate=False)
+    session.clear(key - 1)
+    assert session.gap(j, +1) == ([key - 3, key - 2], None)
+    operations = session.correct(j, gt_box(gt[j]))
+    gap = operations[-1].run
+    assert gap.judged and gap.direction == +1 and set(gap.slices) <= {key - 3, key - 2}
+    assert not session.slice_mask(key - 1).any()
     session.close()
 
 

@@ -16,6 +16,8 @@ import torch  # noqa: E402
 
 from MedSAMAgentLib.actions import Box, Point, Stop  # noqa: E402
 from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA  # noqa: E402
+from MedSAMAgentLib.metrics import dice  # noqa: E402
+from MedSAMAgentLib.policies.oracle import gt_box  # noqa: E402
 from MedSAMAgentLib.slicer.geometry import slice_geometry  # noqa: E402
 from MedSAMAgentLib.slicer import segments  # noqa: E402
 from MedSAMAgentLib.slicer.logic import AgentLogic, AgentLogicError  # noqa: E402
@@ -677,6 +679,57 @@ def test_a_correction_on_a_propagated_slice_propagates_again_onward(env, logic_f
     assert undone and all(episodes[e].end["status"] == "undone" and not episodes[e].accepted for e in undone)
     below = episodes[run.engine.records[k - 1].session.episode_id]
     assert below.accepted, (below.end, run.slices, fix.slices)  # the other side: as it was
+
+
+def test_start_beyond_where_propagation_stopped_carries_the_segment_on(env, logic_factory, tmp_path):
+    """The structure goes on past where propagation stopped: the clinician's box on a slice no run reached
+    (Start there) is a correction of the open session, propagated onward and bridged back over the slices
+    between (the structure is on both sides); the session's other slices are kept; one Undo takes it back."""
+    from dataclasses import replace
+
+    volume, liver = _ct(env)
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(liver[k])
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+
+    def show(index):
+        return env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)),
+                                                                       index, 1.0])[:3]))
+
+    node = show(k)
+    geometry = slice_geometry(volume, node)
+    seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    logic = logic_factory()
+    settings = _key_slice_session(logic, volume, seg, node, geometry.extract(liver), tmp_path)
+    key_session = logic.session
+    logic.run(logic.propagate_work(first=k - 1, last=k + 1))
+    run = logic.volume_runs[-1]
+    propagated = segment_array(seg, logic.segment_id, volume)
+    assert propagated[k + 1].any() and not propagated[k + 2:].any()
+
+    node = show(k + 4)
+    assert logic.propagated_slice(node) is None and logic.correctable_slice(node) == k + 4
+    with pytest.raises(AgentLogicError, match=f"slice {k + 4} has no mask"):
+        logic.start_work(volume, seg, node, settings)  # nothing placed: a message, the session kept
+    at = replace(geometry, index=k + 4)
+    logic.markups._set_box(logic.node_for_placing("box"), at, gt_box(at.extract(liver)))
+    status = logic.run(logic.start_work(volume, seg, node, settings, first=k - 1, last=k + 5))
+    assert status.startswith(f"corrected slice {k + 4}; propagated again to 1 slices onward; bridged the 2 "
+                             "slices back to the propagated ones"), status
+    assert logic.session is key_session and logic.active and len(logic.volume_runs) == 2
+    carried = segment_array(seg, logic.segment_id, volume)
+    assert np.array_equal(carried[:k + 2], propagated[:k + 2])  # the slices propagated before: kept
+    for i in range(k + 2, k + 6):
+        assert carried[i].any() and np.array_equal(carried[i], run.engine.slice_mask(i)), i
+        assert dice(carried[i], liver[i]) > 0.8, i
+    assert run.engine.records[k + 4].origin == "corrected"
+    assert logic.undo_propagation()  # one undo step
+    assert np.array_equal(segment_array(seg, logic.segment_id, volume), propagated)
+    assert k + 4 not in run.engine.records and k + 2 not in run.engine.records
+    logic.finish()
 
 
 def test_start_and_clear_on_propagated_slices_keep_the_session(env, logic_factory, tmp_path):
