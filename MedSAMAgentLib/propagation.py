@@ -33,8 +33,8 @@ import numpy as np
 
 from .actions import Action, Box, Point, Stop
 from .policies.base import Observation, PolicyError, Proposal
-from .propagation_rules import (DEFAULT_RULES, Intensity, PropagationRules, SliceSignal, neighbour_box,
-                                neighbour_clicks, slice_signal, stop_reason, tightened_box)
+from .propagation_rules import (DEFAULT_RULES, Appearance, Intensity, PropagationRules, SliceSignal,
+                                neighbour_box, neighbour_clicks, slice_signal, stop_reason, tightened_box)
 from .session import Review, Reviewer, Session
 from .tools.base import SegmentationTool
 from .trajectory import TrajectoryWriter
@@ -50,13 +50,14 @@ class NeighbourPolicy:
     (``propagation_rules.neighbour_clicks``), then stop."""
 
     name = "propagation"
-    version = "2"
+    version = "3"
     needs_hint = False
 
     def __init__(self, neighbour: np.ndarray, neighbour_index: int, rules: PropagationRules = DEFAULT_RULES,
-                 neighbour_prompt: Optional[Box] = None):
+                 neighbour_prompt: Optional[Box] = None, why: str = ""):
         self.neighbour, self.neighbour_index, self.rules = np.asarray(neighbour, bool), neighbour_index, rules
         self.neighbour_prompt = neighbour_prompt  # the neighbour's own box (``rules.max_growth`` reads it)
+        self.why = why  # what led to this slice's prompt (a repair: why the first one failed the stop rule)
         self.clicks = self.tightened = 0
 
     def reset(self) -> None:
@@ -67,8 +68,8 @@ class NeighbourPolicy:
             box = neighbour_box(self.neighbour, self.rules.margin, self.neighbour_prompt, self.rules.max_growth)
             if box is None:
                 raise PolicyError(f"slice {self.neighbour_index}'s mask is empty: nothing to carry over")
-            return Proposal(box, f"the box of slice {self.neighbour_index}'s mask, {self.rules.margin} px wider",
-                            self.name)
+            wider = f", {self.rules.margin} px wider" if self.rules.margin else ""
+            return Proposal(box, f"{self.why}the box of slice {self.neighbour_index}'s mask{wider}", self.name)
         room = len(observation.actions) < observation.max_actions
         if self.tightened < self.rules.tighten and room and all(isinstance(a, Box) for a in observation.actions):
             box = tightened_box(observation.prediction.mask, observation.actions[-1], self.rules.margin)
@@ -353,7 +354,9 @@ class VolumeSession:
         self.runs.append(run)
         operation = Operation("propagate", run=run)
         neighbour, k = self.slice_mask(start), start + direction
-        reference = Intensity.under(self.volume.slice_image(start), neighbour)  # drift is read against the start
+        start_image = self.volume.slice_image(start)
+        # drift is read against the run's start slice: its intensity, and its structure's look against its ring
+        look = (Intensity.under(start_image, neighbour), Appearance.of(start_image, neighbour))
         smallest = int(neighbour.sum())
         prompt = _last_box(self.records[start].session)
         last = (self.volume.slices - 1 if direction > 0 else 0) if until is None else until
@@ -390,12 +393,19 @@ class VolumeSession:
             else:
                 session.accept()
             session.run(reviewer or _AcceptAll())  # the box tightened, clicks, stop
-            box = _last_box(session)
-            signal = slice_signal(session.mask, neighbour, session.prediction.score, session.image,
-                                  self.volume.slice_image(k - direction), start=reference, box=box,
-                                  smallest_area=smallest)
-            # the stop rule judges the agent's slices; one the clinician prompted is theirs to judge
-            reason = stop_reason(signal, self.rules) if judged and session.clinician_actions == 0 else None
+            box, signal, reason = self._judge(session, neighbour, k - direction, look, smallest)
+            reason = reason if judged else None
+            if reason and self.rules.repair_margin is not None:
+                # before saying the structure ended, the agent tries the neighbour mask's own box once: a loose
+                # box filled with what lies around the structure reads like its end
+                session.finish(accepted=False, status="propagation-retried", reason=reason)
+                repair = replace(self.rules, margin=self.rules.repair_margin, tighten=0, max_growth=None)
+                session = self._session(k, NeighbourPolicy(neighbour, k - direction, repair, prompt,
+                                                           why=f"{reason}; "), "propagated", run=run.id)
+                if session.run(reviewer or _AcceptAll()) == "rejected" and session.prediction is None:
+                    run.stop_reason = f"the clinician rejected slice {k}'s prompt"
+                    break
+                box, signal, reason = self._judge(session, neighbour, k - direction, look, smallest)
             if reason:
                 run.stop_slice, run.stop_reason = k, f"slice {k}: {reason}"
                 session.finish(accepted=False, status="propagation-stop", reason=reason)
@@ -411,6 +421,17 @@ class VolumeSession:
         # slices further on that an earlier run carried over are kept: only the clinician removes them (clear)
         self.operations.append(operation)
         return operation
+
+    def _judge(self, session: Session, neighbour: np.ndarray, neighbour_index: int,
+               start: tuple[Optional[Intensity], Optional[Appearance]],
+               smallest: int) -> tuple[Optional[Box], SliceSignal, Optional[str]]:
+        """A propagated slice's box, its stop signal and the stop rule's reason to stop (None: take it). The
+        rule judges the agent's slices; one the clinician prompted is theirs to judge."""
+        box = _last_box(session)
+        signal = slice_signal(session.mask, neighbour, session.prediction.score, session.image,
+                              self.volume.slice_image(neighbour_index), start=start[0], box=box,
+                              smallest_area=smallest, appearance=start[1])
+        return box, signal, stop_reason(signal, self.rules) if session.clinician_actions == 0 else None
 
     # -- undo -----------------------------------------------------------------------------------------------
     def undo(self) -> Optional[Operation]:

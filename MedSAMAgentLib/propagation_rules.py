@@ -13,19 +13,28 @@ volume evaluation and the measurement sweep (Testing/benchmarks/sweep_propagatio
   ``max_clicks`` clicks where the tool's mask disagrees with the neighbour's deeper than ``click_depth``
   pixels (the neighbour stands in for the ground truth: a deep disagreement is more likely the tool's error
   than the anatomy's change over one slice);
+- repair: where the stop rule (below) fires on a slice the agent prompted, the agent first tries the
+  neighbour mask's own box (``repair_margin`` pixels wider, not tightened) once, and stops only if that
+  mask fails the rule too: a box filled with what lies around the structure reads like the structure's end;
 - stop: before a slice is taken, the tool's mask must still look like the same structure: overlap with the
-  neighbour's mask (IoU) at least ``stop_iou``; area between ``stop_area_ratio`` and ``stop_growth`` times the
-  neighbour's; the mean intensity under it within ``stop_intensity`` standard deviations of the neighbour's
-  and within ``stop_start_intensity`` of the run's start slice's (key or corrected: one slice's change is
-  small, the drift over many is not); not covering more than ``stop_border`` of its box's edge (a box tool
-  fills the box it is given); not ``stop_regrowth`` times the run's smallest mask (tapered off, then something
-  else grows); its centre within ``stop_jump`` radii of the neighbour's; the tool's confidence at least
-  ``stop_score``; and the neighbour itself at least ``min_area`` pixels.
+  neighbour's mask (IoU) at least ``stop_iou``; at least ``stop_appearance`` as much of it made of grey levels
+  that, on the run's start slice (key or corrected), were commoner inside the structure than in a ring around it
+  (``Appearance``: scale-free, so a structure whose brightness drifts over the slices still passes, and a mask
+  filled with the surroundings past the structure's end does not); area between ``stop_area_ratio`` and
+  ``stop_growth`` times the neighbour's; the mean intensity under it within ``stop_intensity`` standard
+  deviations of the neighbour's and within ``stop_start_intensity`` of the start slice's; not covering more than
+  ``stop_border`` of its box's edge (a box tool fills the box it is given); not ``stop_regrowth`` times the
+  run's smallest mask (tapered off, then something else grows); its centre within ``stop_jump`` radii of the
+  neighbour's; the tool's confidence at least ``stop_score``; and the neighbour itself at least ``min_area``
+  pixels.
 
 The values of ``DEFAULT_RULES`` were chosen on the 16 labelled 3D rows of ../shared/data and checked
-leave-datasets-out (Testing/benchmarks/sweep_propagation.py; README, "3D: propagation through a volume"):
-the box tightened up to 3 times; stop when the mask overlaps the neighbour's with IoU < 0.4 or its mean
-intensity drifts more than 1 std from the run's start slice's.
+leave-datasets-out (Testing/benchmarks/sweep_propagation.py for the prompt and the candidate stop rules,
+``evaluate --protocol volume`` for the choice among them, which the sweep's truncated chains cannot make with the
+repair; README, "3D: propagation through a volume"): the box tightened up to 3 times; stop when the mask
+overlaps the neighbour's with IoU < 0.4, when less than half as much of it looks like the start's structure as
+the start's own mask did, or when its mean intensity is more than 1.5 std from the start's, after one repair
+with the neighbour mask's own box.
 """
 
 from __future__ import annotations
@@ -56,11 +65,17 @@ class PropagationRules:
     stop_border: float = float("inf")  # fraction of the prompt box's inner edge the mask covers (fills its box)
     stop_regrowth: float = float("inf")  # area over the run's smallest area so far (tapered, then grows again)
     stop_jump: float = float("inf")  # centroid move over the neighbour's equivalent radius
+    stop_appearance: float = 0.0  # share of the mask that looks like the start's structure, not its surroundings,
+    # over the start mask's own share, below which it stops
     max_growth: Optional[int] = None  # pixels a side may move out beyond the neighbour's own prompt box
     tighten: int = 0  # times the box is re-drawn around the tool's own mask (never outside the last box)
+    # where the stop rule fires on a slice the agent prompted, the neighbour mask's own box (this margin, not
+    # tightened) is tried once before stopping; None: stop at once
+    repair_margin: Optional[int] = None
 
 
-DEFAULT_RULES = PropagationRules(margin=3, tighten=3, stop_iou=0.4, stop_start_intensity=1.0)
+DEFAULT_RULES = PropagationRules(margin=3, tighten=3, stop_iou=0.4, stop_appearance=0.5, stop_start_intensity=1.5,
+                                 repair_margin=0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class SliceSignal:
     border: float = 0.0  # fraction of the prompt box's inner edge (image edges excluded) inside the mask
     regrowth: float = 1.0  # area over the smallest area of the run so far
     jump: float = 0.0  # centroid move / sqrt(neighbour area / pi)
+    appearance: float = 1.0  # Appearance.resemblance of the new mask to the run's start slice
 
     def as_dict(self) -> dict:
         return {name: round(value, 4) if isinstance(value, float) else value
@@ -99,6 +115,47 @@ class Intensity:
     def shift(self, other: Optional["Intensity"]) -> float:
         """|other's mean - this mean| in this spread (+1 grey level: a flat region is not infinitely strict)."""
         return 0.0 if other is None else abs(other.mean - self.mean) / (self.std + 1.0)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Which grey levels look like the start slice's structure rather than what surrounds it (a ring around its
+    mask). Scale-free where ``Intensity`` is not: a tumour whose mean drifts over the slices still looks more
+    like tumour than like the tissue around it, while a mask past the structure's end is filled with that
+    tissue."""
+
+    structure_like: np.ndarray  # bool per grey-level bin: more frequent in the structure than in its ring
+    share: float  # the start mask's own share of pixels in such bins
+
+    BINS = 32
+
+    @classmethod
+    def of(cls, image: np.ndarray, mask: np.ndarray) -> Optional["Appearance"]:
+        from scipy import ndimage
+
+        if not mask.any():
+            return None
+        radius = float(np.sqrt(mask.sum() / np.pi))
+        ring = ndimage.binary_dilation(mask, iterations=int(np.clip(round(0.5 * radius), 3, 15))) & ~mask
+        if not ring.any():
+            return None
+        inside, around = (ndimage.gaussian_filter1d(np.bincount(image[..., 0][m] // (256 // cls.BINS),
+                                                                minlength=cls.BINS) / m.sum(), 1.0)
+                          for m in (mask, ring))
+        like, seen = inside > around, np.flatnonzero(inside + around > 1e-6)
+        # a grey level neither region showed takes the label of the nearest one seen: a drifted structure is
+        # judged by which side of the start's contrast it lies on
+        like = like[seen[np.abs(np.arange(cls.BINS)[:, None] - seen[None]).argmin(axis=1)]]
+        return cls(like, cls._share(like, image, mask))
+
+    @classmethod
+    def _share(cls, like: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
+        return float(like[image[..., 0][mask] // (256 // cls.BINS)].mean()) if mask.any() else 0.0
+
+    def resemblance(self, image: np.ndarray, mask: np.ndarray) -> float:
+        """The mask's share of structure-like pixels over the start's own share (1: as much like the structure
+        as the start slice; 0: all like its surroundings)."""
+        return self._share(self.structure_like, image, mask) / max(self.share, 1e-6)
 
 
 def neighbour_box(neighbour: np.ndarray, margin: int, previous: Optional[Box] = None,
@@ -163,24 +220,28 @@ def box_border(mask: np.ndarray, box: Optional[Box]) -> float:
 
 def slice_signal(mask: np.ndarray, neighbour: np.ndarray, score: float, image: Optional[np.ndarray] = None,
                  neighbour_image: Optional[np.ndarray] = None, *, start: Optional[Intensity] = None,
-                 box: Optional[Box] = None, smallest_area: Optional[int] = None) -> SliceSignal:
+                 box: Optional[Box] = None, smallest_area: Optional[int] = None,
+                 appearance: Optional[Appearance] = None) -> SliceSignal:
     """The stop rule's reading of a proposed slice (images: the engine's HxWx3 uint8 slices; ``start``: the
     intensity under the run's start slice's mask; ``box``: the slice's prompt box; ``smallest_area``: the
-    smallest mask of the run so far, the start slice's included)."""
+    smallest mask of the run so far, the start slice's included; ``appearance``: the start slice's)."""
     area, new_area = int(neighbour.sum()), int(mask.sum())
     shift = start_shift = jump = 0.0
+    resemblance = 1.0
     if image is not None and mask.any():
         here = Intensity.under(image, mask)
         if neighbour_image is not None and area:
             shift = Intensity.under(neighbour_image, neighbour).shift(here)
         if start is not None:
             start_shift = start.shift(here)
+        if appearance is not None:
+            resemblance = appearance.resemblance(image, mask)
     if mask.any() and area:
         moved = np.argwhere(mask).mean(axis=0) - np.argwhere(neighbour).mean(axis=0)
         jump = float(np.hypot(*moved)) / float(np.sqrt(area / np.pi))
     regrowth = new_area / max(smallest_area, 1) if smallest_area is not None else 1.0
     return SliceSignal(iou(mask, neighbour), new_area / max(area, 1), area, float(score), shift, start_shift,
-                       box_border(mask, box), float(regrowth), jump)
+                       box_border(mask, box), float(regrowth), jump, resemblance)
 
 
 def stop_reason(signal: SliceSignal, rules: PropagationRules) -> Optional[str]:
@@ -204,6 +265,9 @@ def stop_reason(signal: SliceSignal, rules: PropagationRules) -> Optional[str]:
     if signal.start_intensity_shift > rules.stop_start_intensity:
         return (f"the intensity under the mask is {signal.start_intensity_shift:.2f} std from the start slice's "
                 f"(> {rules.stop_start_intensity:.2f}): the chain has drifted to different tissue")
+    if signal.appearance < rules.stop_appearance:
+        return (f"{signal.appearance:.0%} as much of the mask looks like the start slice's structure, against "
+                f"its surroundings (< {rules.stop_appearance:.0%}): the chain has left the structure")
     if signal.border > rules.stop_border:
         return (f"the mask covers {signal.border:.0%} of its box's edge (> {rules.stop_border:.0%}): the tool "
                 "seems to fill the box past the structure")

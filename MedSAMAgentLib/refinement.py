@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from .actions import Box, Point
-from .tools.base import Prediction
+from .tools.base import Prediction, probability
 
 
 @dataclass(frozen=True)
@@ -266,4 +266,4 @@ def refine_with_clicks(refiner: ClickRefiner, image: np.ndarray, logits: np.ndar
     ``score`` are the box's low-resolution logits and confidence, kept as they are."""
     field = refiner.refine(image, full_logits, box, clicks, key)
     return Prediction(mask=field > 0, logits=logits, score=score, candidates=[],
-                      probability=1.0 / (1.0 + np.exp(-field)))
+                      probability=probability(field))

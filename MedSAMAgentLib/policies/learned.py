@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..actions import Box, Point, Stop
+from ..tools.base import probability
 from .base import Observation, PolicyError, Proposal
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "learned_policy" / "learned_policy.pt"
@@ -86,7 +87,7 @@ class LearnedPolicy:
             error = torch.sigmoid(maps[0]).numpy()
         index = int(np.argmax(probabilities))
         if index == 2 * GRID * GRID:
-            done = 1.0 / (1.0 + np.exp(-float(stop[0])))
+            done = float(probability(float(stop[0])))
             return Proposal(Stop(), f"the mask looks complete (stop {probabilities[index]:.2f}, "
                                     f"IoU >= 0.9 likely {done:.2f})", self.name)
         click = click_in_cell(index, mask)

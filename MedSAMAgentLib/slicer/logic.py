@@ -592,34 +592,20 @@ class AgentLogic:
     def propagated_slice(self, slice_node) -> Optional[int]:
         """The slice ``slice_node`` shows when a propagation of the open session wrote it (the session's own
         plane, another index); else None (no session, no run, another plane or volume, the session's slice)."""
-        if not self.active or not self.volume_runs or slice_node is None:
-            return None
-        try:
-            at = slice_geometry(self.volume_node, slice_node)
-        except SliceGeometryError:
-            return None
-        if not self._same_plane(at) or at.index == self.geometry.index:
-            return None
-        return at.index if self._run_holding(at.index) is not None else None
+        index = self.correctable_slice(slice_node)
+        return index if index is not None and self._run_holding(index) is not None else None
 
     def correctable_slice(self, slice_node) -> Optional[int]:
-        """The slice ``slice_node`` shows when Start there corrects the open session's propagation: a slice a
-        run wrote (``propagated_slice``) or one of the session's plane that no run reached (the segment is
-        carried on from it); None otherwise."""
+        """The slice ``slice_node`` shows when Start there corrects the open session's propagation: a slice
+        of the session's plane but its own, once a run exists (propagated, cleared, or one no run reached:
+        the segment is carried on from it); else None."""
         if not self.active or not self.volume_runs or slice_node is None:
             return None
         try:
             at = slice_geometry(self.volume_node, slice_node)
         except SliceGeometryError:
             return None
-        return self.correctable_slice_index(at.index) if self._same_plane(at) else None
-
-    def correctable_slice_index(self, index: int) -> Optional[int]:
-        """``index`` if a Start there corrects the propagation: any slice of the volume but the session's own
-        (a propagated slice, a cleared one, or one no run reached)."""
-        if not self.volume_runs or index == self.geometry.index or not 0 <= index < self.slice_count:
-            return None
-        return index
+        return at.index if self._same_plane(at) and at.index != self.geometry.index else None
 
     def _same_plane(self, at) -> bool:
         own = self.geometry
@@ -695,7 +681,7 @@ class AgentLogic:
         from there."""
         self._require_session()
         run = self._run_holding(index)
-        if run is None and self.correctable_slice_index(index) is None:
+        if run is None and (not self.volume_runs or index == self.geometry.index):
             raise AgentLogicError(f"no propagation of this session wrote slice {index}: Continue through the volume "
                                   "first, or press Start on that slice")
         engine, geometry = (run or self.volume_runs[-1]).engine, self.geometry

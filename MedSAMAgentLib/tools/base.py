@@ -20,6 +20,12 @@ class ToolError(RuntimeError):
     """A tool could not be built or run; the message names the file or input at fault."""
 
 
+def probability(logits):
+    """Foreground probability of mask logits: the logistic function, clipped so that very confident pixels
+    raise no overflow warning."""
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -80.0, 80.0)))
+
+
 @dataclass
 class Prediction:
     """One tool output at the image's own resolution.

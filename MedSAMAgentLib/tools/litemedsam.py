@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..actions import Action, Box, Point
-from .base import Prediction, ToolError
+from .base import Prediction, ToolError, probability
 
 INPUT_SIZE = 256  # LiteMedSAM's encoder input side
 LOW_RES = 256  # side of the decoder's low-resolution logits
@@ -379,7 +379,7 @@ class LiteMedSAM:
             return refine_with_clicks(self._refiner, self._image, logits, score, full_logits, prompts[box_index],
                                       clicks, key=self._key)
         return Prediction(mask=full_logits > 0, logits=logits, score=score,
-                          probability=1.0 / (1.0 + np.exp(-full_logits)))
+                          probability=probability(full_logits))
 
     def _box_output(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """LiteMedSAM's own output for ``box``: each click re-reads it, never re-decodes it."""
@@ -421,7 +421,7 @@ class LiteMedSAM:
                 low, score = self._click_step(click, low)
         full = self.upsample(low[0])
         return Prediction(mask=full > 0, logits=low, score=float(np.clip(score, 0.0, 1.0)),
-                          probability=1.0 / (1.0 + np.exp(-full)))
+                          probability=probability(full))
 
     def _click_step(self, click: Point, previous_logits: np.ndarray) -> tuple[np.ndarray, float]:
         """(low-res logits 1 x 256 x 256, predicted IoU) after ``click`` on ``previous_logits``."""

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..actions import Action
-from .base import Prediction, ToolError, protocol_prompts
+from .base import Prediction, ToolError, probability, protocol_prompts
 from .checkpoints import (as_bool, describe_keys, licence_notice, load_state_dict, resolve_checkpoint,
                           verify_known_hash)
 from .litemedsam import file_sha256, image_key
@@ -279,13 +279,13 @@ class MedSAMTool(SAMTool):
 def best_candidate(full_logits: np.ndarray, low_res: np.ndarray, scores: np.ndarray) -> Prediction:
     """Keep the highest predicted-IoU candidate; the others become ``candidates``."""
     best = int(np.argmax(scores))
-    probability = 1.0 / (1.0 + np.exp(-np.clip(full_logits[best], -80.0, 80.0)))
+    foreground = probability(full_logits[best])
     return Prediction(
         mask=full_logits[best] > 0,
         logits=low_res[best : best + 1].astype(np.float32),
         score=float(np.clip(scores[best], 0.0, 1.0)),
         candidates=[full_logits[i] > 0 for i in range(len(scores)) if i != best],
-        probability=probability.astype(np.float32),
+        probability=foreground.astype(np.float32),
     )
 
 

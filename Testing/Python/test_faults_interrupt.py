@@ -33,8 +33,11 @@ EARLIER_SUMMARY = '{"earlier": true}\n'
 def start(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MEDSAM_AGENT_DEBUG", None)
+    # a run started in the background by a shell inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: the child gets the default back, as in a terminal
     return subprocess.Popen([sys.executable, "-m", "MedSAMAgentLib.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, process: subprocess.Popen) -> None:

@@ -240,6 +240,34 @@ def test_stop_signals_read_drift_box_filling_and_regrowth():
     assert neighbour_box(filled, 3, previous=Box(8, 9, 30, 31), max_growth=1) == Box(7, 8, 31, 32)
 
 
+
+def test_appearance_tells_a_drifted_structure_from_its_surroundings():
+    """The scale-free signal: a structure whose grey level drifts (200 to 150, beyond any one-std drift rule)
+    still looks like itself against its surroundings (60); a mask filled with the surroundings does not."""
+    from MedSAMAgentLib.propagation_rules import Appearance, Intensity, PropagationRules, slice_signal, stop_reason
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    disk = (yy - 48) ** 2 + (xx - 48) ** 2 < 15 ** 2
+    ring = ((yy - 48) ** 2 + (xx - 48) ** 2 < 22 ** 2) & ~disk
+
+    def slice_of(inside: int) -> np.ndarray:
+        grey = np.clip(np.where(disk, inside, 60) + rng.normal(0, 8, disk.shape), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+
+    start, drifted = slice_of(200), slice_of(150)
+    appearance = Appearance.of(start, disk)
+    assert appearance.share > 0.95
+    assert appearance.resemblance(drifted, disk) > 0.9 and appearance.resemblance(start, ring) < 0.05
+    rules = PropagationRules(stop_appearance=0.5, stop_start_intensity=1.0)
+    same = slice_signal(disk, disk, 0.9, drifted, start, appearance=appearance)
+    assert stop_reason(same, PropagationRules(stop_appearance=0.5)) is None
+    drift = slice_signal(disk, disk, 0.9, drifted, start, start=Intensity.under(start, disk), appearance=appearance)
+    assert "drifted" in stop_reason(drift, rules)  # the mean-intensity rule would stop here
+    off = slice_signal(ring, disk, 0.9, start, start, appearance=appearance)
+    assert off.appearance < 0.05
+    assert "left the structure" in stop_reason(off, PropagationRules(stop_iou=0.0, stop_appearance=0.5))
+
 def test_a_correction_beyond_a_gap_bridges_it_from_both_ends_only_over_empty_slices(tool, volume_case):
     """The gap between a corrected slice and the propagated ones has the structure at both ends: each half is
     carried from its nearer end without the stop rule; a gap that a cleared slice closes runs under the rule."""
@@ -273,6 +301,45 @@ def test_a_correction_beyond_a_gap_bridges_it_from_both_ends_only_over_empty_sli
     assert gap.judged and gap.direction == +1 and set(gap.slices) <= {key - 3, key - 2}
     assert not session.slice_mask(key - 1).any()
     session.close()
+
+
+def test_before_stopping_the_agent_retries_the_neighbours_own_box(tool, volume_case, tmp_path):
+    """Where the stop rule fires, the agent first tries the neighbour mask's own box (no margin, not
+    tightened) in a new episode of that slice, and stops only if that fails too; both are logged with why."""
+    from dataclasses import replace
+
+    from MedSAMAgentLib.propagation_rules import DEFAULT_RULES, neighbour_box
+    from MedSAMAgentLib.trajectory import TrajectoryWriter, read_episodes
+
+    _, volume, gt = volume_case
+    key = _key(gt)
+    ends = {}
+    for repair in (DEFAULT_RULES.repair_margin, None):
+        log_path = tmp_path / f"repair-{repair}.jsonl"
+        with TrajectoryWriter(log_path) as log:
+            session = VolumeSession(tool, volume, ground_truth=gt, log=log,
+                                    rules=replace(DEFAULT_RULES, repair_margin=repair))
+            session.start(key, gt_box(gt[key]))
+            runs = [op.run for op in session.propagate()]
+            session.finish(accepted=False, status="evaluated")
+        ends[repair] = [(r.slices, r.stop_slice) for r in runs]
+        episodes = read_episodes(log_path)
+        retried = [e for e in episodes if e.end["status"] == "propagation-retried"]
+        if repair is None:
+            assert not retried
+            continue
+        assert DEFAULT_RULES.repair_margin == 0 and all(r.stop_slice is not None for r in runs)
+        assert sorted(e.header["meta"]["slice"] for e in retried) == sorted(r.stop_slice for r in runs)
+        for run in runs:
+            first, second = [e for e in episodes if e.header["meta"]["slice"] == run.stop_slice]
+            assert first.end["status"] == "propagation-retried" and first.end["reason"]
+            assert second.end["status"] == "propagation-stop"
+            neighbour = session.slice_mask(run.stop_slice - run.direction)
+            retry = second.steps[0]
+            assert retry.applied == neighbour_box(neighbour, 0) and retry.record["actor"] == "agent"
+            assert retry.record["proposal"]["reason"].startswith(first.end["reason"])
+            assert f"slice {run.stop_slice}: {second.end['reason']}" == run.stop_reason
+    assert ends[0] == ends[None]  # here the retry confirms both ends: the gallbladder ends there
 
 
 def test_the_box_is_tightened_to_the_mask_and_never_grows(propagated):

@@ -253,6 +253,23 @@ def _ct(env):
     return volume, labels == LIVER
 
 
+def _liver_slices(env):
+    """The CT, its liver mask, the liver's largest slice k and ``show(index)``: the Red view on slice index."""
+    import vtk
+
+    volume, liver = _ct(env)
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(liver[k])
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+
+    def show(index):
+        return env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)),
+                                                                       index, 1.0])[:3]))
+
+    return volume, liver, k, show
+
+
 def _key_slice_session(logic, volume, seg, node, truth, tmp_path) -> AgentSettings:
     """The oracle's one box on the view's slice of the liver, accepted: the key slice propagation starts from.
     Returns the settings it started with."""
@@ -687,18 +704,7 @@ def test_start_beyond_where_propagation_stopped_carries_the_segment_on(env, logi
     between (the structure is on both sides); the session's other slices are kept; one Undo takes it back."""
     from dataclasses import replace
 
-    volume, liver = _ct(env)
-    k = int(np.argmax(liver.sum(axis=(1, 2))))
-    ys, xs = np.nonzero(liver[k])
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-
-    def show(index):
-        return env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)),
-                                                                       index, 1.0])[:3]))
-
+    volume, liver, k, show = _liver_slices(env)
     node = show(k)
     geometry = slice_geometry(volume, node)
     seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -739,24 +745,13 @@ def test_start_and_clear_on_propagated_slices_keep_the_session(env, logic_factor
     segment untouched, logged as a clinician step; Undo gives the segment and the log back exactly."""
     from dataclasses import replace
 
-    volume, liver = _ct(env)
-    k = int(np.argmax(liver.sum(axis=(1, 2))))
-    ys, xs = np.nonzero(liver[k])
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-
-    def show(index):
-        return env.show("Red", volume, ras=list(matrix.MultiplyPoint([float(np.median(xs)), float(np.median(ys)),
-                                                                       index, 1.0])[:3]))
-
+    volume, liver, k, show = _liver_slices(env)
     node = show(k)
     geometry = slice_geometry(volume, node)
     seg = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     other = segments.ensure_segment(seg, volume, name="kidney")
     blocker = np.zeros(liver.shape, bool)
-    blocker[k + 2, :, :] = liver[k + 2] & (np.arange(liver.shape[2]) < np.median(xs))[None, :]
+    blocker[k + 2, :, :] = liver[k + 2] & (np.arange(liver.shape[2]) < np.median(np.nonzero(liver[k])[1]))[None, :]
     segments.write_region(seg, other, volume, segments.volume_extent(volume), blocker, protect_other_segments=False)
     logic = logic_factory()
     settings = _key_slice_session(logic, volume, seg, node, geometry.extract(liver), tmp_path)

@@ -62,6 +62,7 @@ STOP_GRID = {  # threshold -> values tried (the first: never stops)
     "stop_jump": (INF, 0.25, 0.5, 0.75, 1.0),
     "min_area": (0, 5, 10, 30),
     "stop_score": (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85),
+    "stop_appearance": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9),
 }
 OVERRUN_PENALTY = 0.05  # objective cost per slice taken more than 2 past an end (the limit), per case
 NEVER_STOP = {name: values[0] for name, values in STOP_GRID.items()}
@@ -115,7 +116,7 @@ SIGNALS = {  # threshold -> (signal field, stops when the signal is below (-1) o
     "stop_iou": ("iou_with_neighbour", -1), "stop_area_ratio": ("area_ratio", -1), "stop_growth": ("area_ratio", 1),
     "stop_intensity": ("intensity_shift", 1), "stop_start_intensity": ("start_intensity_shift", 1),
     "stop_border": ("border", 1), "stop_regrowth": ("regrowth", 1), "stop_jump": ("jump", 1),
-    "min_area": ("neighbour_area", -1), "stop_score": ("score", -1),
+    "min_area": ("neighbour_area", -1), "stop_score": ("score", -1), "stop_appearance": ("appearance", -1),
 }
 
 
