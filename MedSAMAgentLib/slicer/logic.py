@@ -681,7 +681,8 @@ class AgentLogic:
         from there."""
         self._require_session()
         run = self._run_holding(index)
-        if run is None and (not self.volume_runs or index == self.geometry.index):
+        if run is None and (not self.volume_runs or index == self.geometry.index
+                            or not 0 <= index < self.slice_count):
             raise AgentLogicError(f"no propagation of this session wrote slice {index}: Continue through the volume "
                                   "first, or press Start on that slice")
         engine, geometry = (run or self.volume_runs[-1]).engine, self.geometry

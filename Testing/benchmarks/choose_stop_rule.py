@@ -23,11 +23,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA  # noqa: E402
 from MedSAMAgentLib.propagation_rules import DEFAULT_RULES, PropagationRules  # noqa: E402
+from sweep_propagation import OVERRUN_PENALTY  # noqa: E402  (one objective for both benchmarks)
 
-BASE = replace(DEFAULT_RULES, stop_appearance=0.0)  # the prompt and repair as shipped; the stop thresholds vary
+# the prompt and repair as shipped; each candidate sets its own stop thresholds (none inherited from the default)
+BASE = replace(DEFAULT_RULES, stop_appearance=0.0, stop_start_intensity=float("inf"))
 CANDIDATES: dict[str, PropagationRules] = {  # all with IoU 0.4 (without it small structures ran on, measured)
     "drift 1 std from the start": replace(BASE, stop_start_intensity=1.0),
     "appearance 0.5": replace(BASE, stop_appearance=0.5),
@@ -35,7 +38,6 @@ CANDIDATES: dict[str, PropagationRules] = {  # all with IoU 0.4 (without it smal
     "appearance 0.5, drift 1.5 std": replace(BASE, stop_appearance=0.5, stop_start_intensity=1.5),
     "appearance 0.5, drift 1 std": replace(BASE, stop_appearance=0.5, stop_start_intensity=1.0),
 }
-OVERRUN_PENALTY = 0.05
 
 
 def objective(rows: list[dict]) -> float:
