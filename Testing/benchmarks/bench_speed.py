@@ -14,7 +14,10 @@ side by side (the machine may be shared: absolute times move, ratios in one run 
    CPU per click on 1024-pixel images (real 512-pixel ones resized); then ``medsam-agent demo`` end to end
    (one process each, wall), alternately, after one warm-up run of each tree (this tree's export is cached),
    and which heavy modules this tree's demo imported (``-X importtime``). ``--demo-only``: just the demo.
-3. ``--bf16`` (a CPU with bf16 instructions): the opt-in ``precision=bf16`` encoder's embedding time against
+3. ``--roofline``: the encoder's floating-point work (torch's FLOP counter) against this CPU's fp32 matrix
+   multiply speed (torch's SGEMM, the same threads): the highest embedding ratio over eager any fp32 runtime
+   could reach here, next to what eager and OpenVINO reach.
+4. ``--bf16`` (a CPU with bf16 instructions): the opt-in ``precision=bf16`` encoder's embedding time against
    eager and f32 (same images, in this process), then the click protocol with the f32 and the bf16 tool on
    every 2D-evaluable row of the shared manifest: overall and per-group Dice@5 change and NoC@90, against the
    issue's bar (overall Dice@5 drop <= 0.005, no group's drop >= 0.01).
@@ -126,6 +129,43 @@ def embedding_and_dice(tasks) -> None:
     print(f"embedding: median ratio eager / OpenVINO {np.median(ratios):.2f} over {len(rows)} images; "
           f"max |Dice difference| over all 20 steps of all cases {worst:.5f} "
           f"({'within' if worst <= DICE_TOLERANCE else 'OUTSIDE'} {DICE_TOLERANCE})")
+
+
+def roofline(tasks, repeats: int = 5) -> None:
+    """GFLOP/s of the encoder on eager torch and OpenVINO against an fp32 SGEMM on the same threads: an fp32
+    runtime cannot beat the matrix multiply, so peak / eager bounds its embedding ratio on this CPU."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
+
+    eager, fast = LiteMedSAM(device="cpu", runtime="torch"), LiteMedSAM(device="cpu", runtime="openvino")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        eager.net.image_encoder(torch.zeros(1, 3, 256, 256))
+    flops = counter.get_total_flops()
+    size = 2048
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    gemm = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        gemm.append(time.perf_counter() - start)
+    peak = 2 * size ** 3 / min(gemm) / 1e9
+    times = {"eager": [], "openvino": []}
+    for tool in (eager, fast):
+        tool.set_image(tasks[0].image, key="roofline-warm-up")
+    for i in range(repeats):
+        for name, tool in (("eager", eager), ("openvino", fast)):
+            start = time.perf_counter()
+            tool.set_image(tasks[i % len(tasks)].image, key=f"roofline-{i}")
+            times[name].append(time.perf_counter() - start)
+    rate = {name: flops / min(t) / 1e9 for name, t in times.items()}
+    print(f"\nroofline ({torch.get_num_threads()} threads): encoder {flops / 1e9:.1f} GFLOP; fp32 SGEMM {size}^2 "
+          f"{peak:.1f} GFLOP/s; eager {rate['eager']:.1f} GFLOP/s ({rate['eager'] / peak:.0%} of it), OpenVINO "
+          f"{rate['openvino']:.1f} GFLOP/s ({rate['openvino'] / peak:.0%}); OpenVINO / eager "
+          f"{rate['openvino'] / rate['eager']:.2f}x; the most any fp32 runtime could reach here: "
+          f"{peak / rate['eager']:.2f}x eager")
 
 
 def bf16_embedding(tasks) -> None:
@@ -322,6 +362,8 @@ def main() -> int:
     parser.add_argument("--demo-runs", type=int, default=3)
     parser.add_argument("--skip-embedding", action="store_true")
     parser.add_argument("--demo-only", action="store_true", help="only the demo side by side (needs --baseline)")
+    parser.add_argument("--roofline", action="store_true",
+                        help="also the encoder's GFLOP/s against this CPU's fp32 SGEMM: the ceiling of any fp32 runtime")
     parser.add_argument("--bf16", action="store_true",
                         help="also the bf16 encoder: its speed, and the click protocol on every 2D row against f32")
     parser.add_argument("--large", type=int, default=0,
@@ -339,6 +381,8 @@ def main() -> int:
     tasks, big = pick_cases(args.cases)
     if not args.skip_embedding:
         embedding_and_dice(tasks)
+    if args.roofline:
+        roofline(tasks)
     if args.bf16:
         bf16_embedding(tasks)
         bf16_clicks()
