@@ -349,7 +349,8 @@ class VolumeSession:
                    on_slice: Optional[Callable[[SliceRecord], None]] = None, empty_only: bool = False,
                    judged: bool = True) -> Operation:
         """One direction from ``start``; ``empty_only``: only over slices no run reached; ``judged``: the stop
-        rule applies (a bridge between two slices with the structure runs without it)."""
+        rule applies (a bridge between two slices with the structure runs without it). The propagated boxes
+        are the agent's: on the whole slice, never zoomed (``Session._apply``, ``tools/zoom.py``)."""
         run = PropagationRun(len(self.runs) + 1, start, direction, judged=judged)
         self.runs.append(run)
         operation = Operation("propagate", run=run)

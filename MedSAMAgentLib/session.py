@@ -9,6 +9,7 @@ stored states, never recomputed. Every step is written to the trajectory log as 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .metrics import dice, iou
 from .policies.base import Observation, Policy, PolicyError, Proposal
 from .tools.base import Prediction, SegmentationTool
 from .tools.litemedsam import image_key as content_key
+from .tools.zoom import whole_view as whole_view_of
 from .trajectory import TrajectoryWriter, encode_mask, save_episode_image
 
 Decision = Literal["accept", "override", "reject", "hint", "place"]
@@ -181,11 +183,13 @@ class Session:
             max_actions=self.max_actions,
         )
 
-    def preview(self, action: Action) -> Prediction:
-        """The tool's output if ``action`` were applied now; nothing is committed."""
+    def preview(self, action: Action, whole_view: bool = False) -> Prediction:
+        """The tool's output if ``action`` were applied now; nothing is committed. ``whole_view``: a search's
+        candidate box, segmented without zooming (``tools/zoom.py``)."""
         if isinstance(action, Stop):
             raise ValueError("stop has no mask to preview")
-        return self._predict(self.actions + (action,), self.prediction)
+        with whole_view_of(self.tool) if whole_view else contextlib.nullcontext():
+            return self._predict(self.actions + (action,), self.prediction)
 
     def _predict(self, actions: tuple[Action, ...], previous: Optional[Prediction]) -> Prediction:
         """The tool's output on this session's image. Sessions can share one tool (a volume's slices do), so
@@ -319,7 +323,11 @@ class Session:
             if state.stopped:  # a new prompt after stop reopens the episode
                 state = _State(state.actions, state.prediction, False)
             start = time.perf_counter()
-            prediction = self._predict(state.actions + (action,), state.prediction)
+            # zoom (tools/zoom.py) is for the tight boxes a person draws; the agent's boxes (a policy's guess, the
+            # volume session's neighbour box) stay on the whole view, and so do the clicks after them
+            agent_box = actor == "agent" and isinstance(action, Box)
+            with whole_view_of(self.tool) if agent_box else contextlib.nullcontext():
+                prediction = self._predict(state.actions + (action,), state.prediction)
             timings["tool_ms"] = round((time.perf_counter() - start) * 1000, 2)
             new_state = _State(state.actions + (action,), prediction, False)
         step = Step(

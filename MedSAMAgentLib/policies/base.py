@@ -31,14 +31,15 @@ class Observation:
     """What a policy may look at before proposing.
 
     ``preview`` runs the tool on the current state plus one more action without committing it, for
-    policies that check an action before proposing it (the oracle's progress constraint).
+    policies that check an action before proposing it (the oracle's progress constraint); with
+    ``whole_view=True`` a search's candidate box is not zoomed (tools/zoom.py).
     """
 
     image: np.ndarray  # HxWx3 uint8, the engine's 2D image
     target: str
     actions: Sequence[Action]  # box/point actions applied so far, oldest first
     prediction: Optional[Prediction]  # current mask state (None before the first action)
-    preview: Callable[[Action], Prediction]
+    preview: Callable[..., Prediction]  # (action, whole_view=False) -> Prediction
     masks: Sequence[np.ndarray] = field(default_factory=list)  # mask after each applied action
     max_actions: int = 5
 

@@ -109,7 +109,7 @@ class BuiltinPolicy:
         for half in self.settings.search_sizes:
             half = max(2, int(round(half * max(h, w) / 256)))
             box = Box(max(0, cx - half), max(0, cy - half), min(w - 1, cx + half), min(h - 1, cy + half))
-            prediction = observation.preview(box)
+            prediction = observation.preview(box, whole_view=True)  # a search: no zoomed crop per candidate
             labels, _ = ndimage.label(prediction.mask)
             if labels[cy, cx]:
                 found.append((prediction.score, labels == labels[cy, cx]))

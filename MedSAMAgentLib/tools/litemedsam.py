@@ -9,11 +9,13 @@ learning/click_decoder.py; a shipped file would sit in data/click_decoder, SHA-2
 yet -- it lost to the geodesic refinement, README) under the protocol's update rule --
 the newest click plus the previous step's low-res logits -- or to ``refine_with_clicks`` (``clicks="geodesic"``,
 a separate module), the tool's behaviour before issue 14. ``CLICK_MODE`` is the default, chosen by the
-leave-datasets-out measurement in the README.
+leave-datasets-out measurement in the README. A person's box around a small structure is also segmented on a
+zoomed crop, kept when its mask fits the box better (``zoom="auto"``, tools/zoom.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -28,6 +30,7 @@ import numpy as np
 
 from ..actions import Action, Box, Point
 from .base import Prediction, ToolError, probability
+from .zoom import ZOOM_FIT_MARGIN, Window, all_inside, box_fit, zoom_window
 
 INPUT_SIZE = 256  # LiteMedSAM's encoder input side
 LOW_RES = 256  # side of the decoder's low-resolution logits
@@ -37,8 +40,10 @@ LOW_RES = 256  # side of the decoder's low-resolution logits
 # logits are shifted by it, so 0 is the mask's edge downstream (masks, probabilities, click refinement).
 MASK_THRESHOLD = -1.0
 _CACHE_SIZE = 8  # embeddings kept, so flipping between a few slices costs nothing
+_ZOOM_CHOICES = 4096  # (image, box) zoom choices remembered: a long volume's slices, a few boxes each
 CLICK_MODES = ("decoder", "geodesic")
 CLICK_MODE = "geodesic"  # the default; see the module docstring
+ZOOM_MODES = ("auto", "off")  # tools/zoom.py: "auto" zooms small boxes when that fits them better
 CLICK_DECODER = Path(__file__).resolve().parent.parent / "data" / "click_decoder" / "litemedsam_click_decoder.pt"
 CLICK_DECODER_SHA256 = ""  # of the shipped file; set with it
 
@@ -105,14 +110,16 @@ class LiteMedSAM:
 
     def __init__(self, checkpoint: Optional[str | Path] = None, device: Optional[str] = None,
                  runtime: Optional[str] = None, clicks: Optional[str] = None,
-                 click_decoder: Optional[str | Path] = None, precision: Optional[str] = None):
+                 click_decoder: Optional[str | Path] = None, precision: Optional[str] = None,
+                 zoom: Optional[str] = None):
         """``runtime``: the encoder's and decoder's on the CPU, "openvino" or "torch" (default:
         ``$MEDSAM_AGENT_RUNTIME``, else "openvino"; see tools/runtime.py). When the compiled cache holds both
         checked OpenVINO models for these weights, the tool runs on OpenVINO and numpy alone: torch, timm and
         the torch network are loaded only if something asks for them (``net``). ``clicks``: "decoder" or
         "geodesic" (default ``CLICK_MODE``); ``click_decoder``: another click-decoder weights file (e.g. a
         leave-out fold's; not SHA-checked). ``precision``: the encoder's, "f32" (default, exact) or "bf16"
-        (opt-in, OpenVINO on a CPU with bf16 instructions; faster, Dice within the issue-17 bar, README)."""
+        (opt-in, OpenVINO on a CPU with bf16 instructions; faster, Dice within the issue-17 bar, README).
+        ``zoom``: "auto" (default; small boxes also segmented on a crop, ``tools/zoom.py``) or "off"."""
         from .runtime import cached_models, wanted_precision, wanted_runtime
 
         self._device = str(device or default_device())
@@ -161,11 +168,18 @@ class LiteMedSAM:
         if self.clicks not in CLICK_MODES:
             raise ToolError(f"the litemedsam clicks option must be one of {', '.join(CLICK_MODES)}, got {clicks!r}")
         self._click_net = None  # (prompt encoder, mask decoder) click-trained, loaded on the first click
+        self.zoom = (zoom or "auto").strip().lower()
+        if self.zoom not in ZOOM_MODES:
+            raise ToolError(f"the litemedsam zoom option must be one of {', '.join(ZOOM_MODES)}, got {zoom!r}")
+        self._zoom_choices: OrderedDict[tuple, bool] = OrderedDict()  # (image key, box) -> segment on the crop
+        self._whole_view = 0  # > 0 inside ``whole_view``
         self._click_path = Path(click_decoder) if click_decoder else CLICK_DECODER
         self._click_sha = None if click_decoder else CLICK_DECODER_SHA256
         if self.clicks == "decoder":
             self.trained_with_clicks = True
             self.version += f"+clicks:{(self._click_sha or self._click_path.name)[:12]}"
+        elif self.zoom == "auto":  # the decoder path does not zoom
+            self.version += "+zoom"
 
     def _load_net(self, path: Path):
         """The eager torch network from ``path`` (torch and timm load here)."""
@@ -351,16 +365,30 @@ class LiteMedSAM:
         return full[0, 0].numpy()
 
     def predict(self, actions: Sequence[Action], previous: Optional[Prediction]) -> Prediction:
-        """The newest box makes the mask; clicks after it refine it (``refinement.refine_with_clicks``)."""
+        """The newest box makes the mask; clicks after it refine it (``refinement.refine_with_clicks``). A small
+        structure's box is segmented on a zoomed crop when that fits the box better (``tools/zoom.py``); its
+        clicks are then refined on the crop too, as long as they fall inside it."""
         prompts = [a for a in actions if isinstance(a, (Box, Point))]
         if not prompts:
             raise ToolError("predict needs at least one box or point")
         if self.clicks == "decoder":
             return self._predict_decoder(actions, prompts, previous)
         box_index = max((i for i, a in enumerate(prompts) if isinstance(a, Box)), default=None)
+        box = prompts[box_index] if box_index is not None else None
         clicks = [a for a in prompts[(box_index + 1 if box_index is not None else 0):] if isinstance(a, Point)]
-        if box_index is not None:
-            logits, scores = self._box_output(prompts[box_index])
+        window = None if box is None else self._zoom_window(box, clicks)
+        if window is None:
+            return self._predict_view(box, clicks)
+        with self._zoomed(window):
+            part = self._predict_view(window.into(box), [window.into(c) for c in clicks])
+        shape = self._image.shape[:2]
+        return Prediction(mask=window.paste(part.mask, shape, False), logits=part.logits, score=part.score,
+                          probability=window.paste(np.asarray(part.probability, np.float32), shape, 0.0))
+
+    def _predict_view(self, box: Optional[Box], clicks: list[Point]) -> Prediction:
+        """``predict`` on the current image (the whole slice, or a zoomed crop of it)."""
+        if box is not None:
+            logits, scores = self._box_output(box)
         else:  # clicks only: the decoder's own point prompts give the starting mask
             pts = np.array([[p.x, p.y] for p in clicks], np.float32)
             labels = np.array([int(p.positive) for p in clicks])
@@ -368,18 +396,63 @@ class LiteMedSAM:
             best = int(np.argmax(scores))
             logits, scores = logits[best : best + 1], scores[best : best + 1]
         full_logits = self.upsample(logits[0])
-        if box_index is not None:  # calibrated for box prompts, where it was measured
+        if box is not None:  # calibrated for box prompts, where it was measured
             full_logits -= MASK_THRESHOLD
         logits, score = logits[:1].astype(np.float32), float(np.clip(scores[0], 0.0, 1.0))
-        if clicks and box_index is not None:
+        if clicks and box is not None:
             from ..refinement import ClickRefiner, refine_with_clicks
 
             if self._refiner is None:
                 self._refiner = ClickRefiner()
-            return refine_with_clicks(self._refiner, self._image, logits, score, full_logits, prompts[box_index],
-                                      clicks, key=self._key)
+            return refine_with_clicks(self._refiner, self._image, logits, score, full_logits, box, clicks,
+                                      key=self._key)
         return Prediction(mask=full_logits > 0, logits=logits, score=score,
                           probability=probability(full_logits))
+
+    def _box_mask(self, box: Box) -> np.ndarray:
+        logits, _ = self._box_output(box)
+        return self.upsample(logits[0]) > MASK_THRESHOLD
+
+    def _zoom_window(self, box: Box, clicks: Sequence[Point]) -> Optional[Window]:
+        """The crop to segment ``box`` on, or None for the whole image: decided once per image and box (an
+        extra embedding, of the crop), then kept for the clicks after it while they stay inside the crop."""
+        if self.zoom == "off":
+            return None
+        window = zoom_window(box, self._image.shape[:2])
+        if window is None or not all_inside(window, clicks):
+            return None
+        choice = (self._key, tuple(box.as_list()))
+        if self._whole_view:
+            self._zoom_choices.setdefault(choice, False)
+        elif choice not in self._zoom_choices:
+            full = box_fit(self._box_mask(box), box)
+            with self._zoomed(window):
+                cropped = box_fit(self._box_mask(window.into(box)), window.into(box))
+            self._zoom_choices[choice] = cropped > full + ZOOM_FIT_MARGIN
+        self._zoom_choices.move_to_end(choice)
+        while len(self._zoom_choices) > _ZOOM_CHOICES:
+            self._zoom_choices.popitem(last=False)
+        return window if self._zoom_choices[choice] else None
+
+    @contextlib.contextmanager
+    def whole_view(self):
+        """Boxes first seen within are segmented on the whole image, and so are the clicks after them later:
+        the choice is made once per image and box, by whoever prompts it first (``tools/zoom.py``)."""
+        self._whole_view += 1
+        try:
+            yield
+        finally:
+            self._whole_view -= 1
+
+    @contextlib.contextmanager
+    def _zoomed(self, window: Window):
+        """The tool's current image is ``window``'s crop for the duration (its embedding cached like any)."""
+        image, key, embedding = self._image, self._key, self._embedding
+        try:
+            self.set_image(window.crop(image), key=key + window.tag)
+            yield
+        finally:
+            self._image, self._key, self._embedding = image, key, embedding
 
     def _box_output(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """LiteMedSAM's own output for ``box``: each click re-reads it, never re-decodes it."""
