@@ -1,8 +1,8 @@
 """Zoom: a small structure's box is also segmented on a square crop around it, seen at a larger scale.
 
 LiteMedSAM sees every image at 256 pixels, so a structure 20 pixels across spans a handful of the encoder's
-64x64 tokens and its box often yields an empty or wrong mask. On a crop 1.5 times the box's side the same
-structure fills two thirds of the input. The crop is not always better (an organ the full view already
+64x64 tokens and its box often yields an empty or wrong mask. On a crop twice the box's side the same
+structure fills half of the input. The crop is not always better (an organ the full view already
 segments well can lose its edge), so the tool keeps the crop's mask only when it fits the box clearly better:
 a tight box touches the structure on all four sides, so the mask whose bounding box matches the prompt's
 (``box_fit``) is the likelier one. Chosen by leave-datasets-out measurement on ../shared/data (README).
@@ -22,9 +22,10 @@ import numpy as np
 
 from ..actions import Action, Box, Point
 
-ZOOM_FACTOR = 1.5  # crop side / the box's longest side
+# chosen by Testing/benchmarks/choose_zoom.py leave-datasets-out (ground-truth and jittered boxes), README
+ZOOM_FACTOR = 2.0  # crop side / the box's longest side
 ZOOM_MIN_SIDE = 32  # image pixels: a crop is never smaller (too little context around a tiny box)
-ZOOM_FIT_MARGIN = 0.05  # the crop's box fit must exceed the full view's by this much to be kept
+ZOOM_FIT_MARGIN = 0.0  # the crop's mask is kept when its box fit exceeds the whole view's by more than this
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ SMALL_CASE = "sam-med2d/amos_0006_90_spleen_000"  # a spleen 60 px across on a 5
 
 
 def test_window_is_a_square_around_the_box_kept_inside_the_image():
-    window = zoom_window(Box(100, 100, 139, 119), (512, 400))  # 40 x 20: side 1.5 x 40
+    window = zoom_window(Box(100, 100, 139, 119), (512, 400), factor=1.5)  # 40 x 20: side 1.5 x 40
     assert (window.width, window.height) == (60, 60)
     assert window.contains(100, 100) and window.contains(139, 119)
     assert abs((window.x0 + 30) - 119.5) <= 1 and abs((window.y0 + 30) - 109.5) <= 1
-    corner = zoom_window(Box(0, 0, 9, 9), (200, 300))  # 15 px, raised to the 32 px minimum, at the corner
+    corner = zoom_window(Box(0, 0, 9, 9), (200, 300))  # 20 px, raised to the 32 px minimum, at the corner
     assert (corner.x0, corner.y0, corner.width, corner.height) == (0, 0, 32, 32)
     edge = zoom_window(Box(280, 190, 299, 199), (200, 300))
     assert edge.x0 + edge.width == 300 and edge.y0 + edge.height == 200
-    assert zoom_window(Box(0, 0, 199, 150), (256, 256)) is None  # 300 px crop: no smaller than the image
+    assert zoom_window(Box(0, 0, 149, 100), (256, 256)) is None  # 300 px crop: no smaller than the image
 
 
 def test_window_moves_prompts_and_pastes_back():
