@@ -3,13 +3,13 @@
 LiteMedSAM sees every image at 256 pixels, so a structure 20 pixels across spans a handful of the encoder's
 64x64 tokens and its box often yields an empty or wrong mask. On a crop twice the box's side the same
 structure fills half of the input. The crop is not always better (an organ the full view already
-segments well can lose its edge), so the tool keeps the crop's mask only when it fits the box clearly better:
-a tight box touches the structure on all four sides, so the mask whose bounding box matches the prompt's
-(``box_fit``) is the likelier one. Chosen by leave-datasets-out measurement on ../shared/data (README).
-The box-fit test assumes a person's tight box, so the agent's boxes stay on the whole view (``whole_view``,
-entered by ``Session._apply`` for an accepted box and by the built-in policy's search around a click): a
-policy's box is a guess with a margin (zoomed, the built-in agent lost WBC 0.695 -> 0.619 Dice), the volume
-session's propagated box the neighbour's plus 3 px (zoomed, the bundled volume fell from 0.93 to 0.67).
+segments well can lose its edge), so the tool keeps the crop's mask only when it fits the box better: a box
+touches its structure on all four sides, so the mask whose bounding box matches the prompt's (``box_fit``)
+is the likelier one. Chosen by leave-datasets-out measurement on ../shared/data (README).
+The box-fit test assumes a person's box, so the agent's boxes stay on the whole view (``whole_view``, entered
+by ``Session._apply`` for an accepted box and by the built-in policy's search around a click): a policy's box
+is a guess with a margin, and the volume session's propagated box is the neighbour's plus 3 px (zoomed, the
+bundled volume fell from 0.93 to 0.67 Dice); the search would pay a crop embedding per candidate.
 """
 
 from __future__ import annotations

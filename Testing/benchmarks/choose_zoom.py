@@ -49,8 +49,9 @@ def measure(task, tool: LiteMedSAM, box) -> dict[float, tuple[float, float, floa
 
 def settings() -> list[tuple[str, tuple[float, ...], float]]:
     """(signal, crop factors tried, margin): keep the crop whose signal beats the best so far by the margin.
-    One factor at a time, as the tool can afford (one more embedding); all three at once held out no better on
-    ../shared/data (box Dice 0.540 against 0.541) at three times the cost."""
+    One factor at a time, as the tool can afford (one more embedding): in an earlier form of this analysis
+    (ground-truth boxes only) all three at once held out no better on ../shared/data (box Dice 0.540 against
+    0.541), at three times the cost."""
     tried = [(f,) for f in FACTORS]
     return [("off", (), 0.0)] + [(signal, factors, margin) for signal in ("fit", "score")
                                  for factors in tried for margin in MARGINS]
