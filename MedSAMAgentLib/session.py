@@ -188,14 +188,16 @@ class Session:
         candidate box, segmented without zooming (``tools/zoom.py``)."""
         if isinstance(action, Stop):
             raise ValueError("stop has no mask to preview")
-        with whole_view_of(self.tool) if whole_view else contextlib.nullcontext():
-            return self._predict(self.actions + (action,), self.prediction)
+        return self._predict(self.actions + (action,), self.prediction, whole_view)
 
-    def _predict(self, actions: tuple[Action, ...], previous: Optional[Prediction]) -> Prediction:
+    def _predict(self, actions: tuple[Action, ...], previous: Optional[Prediction],
+                 whole_view: bool = False) -> Prediction:
         """The tool's output on this session's image. Sessions can share one tool (a volume's slices do), so
-        the image is selected again first: from the tool's embedding cache, it costs a look-up."""
+        the image is selected again first: from the tool's embedding cache, it costs a look-up. ``whole_view``:
+        a new box is not zoomed (``tools/zoom.py``)."""
         self.tool.set_image(self.image, key=self._image_key)
-        return self.tool.predict(actions, previous)
+        with whole_view_of(self.tool) if whole_view else contextlib.nullcontext():
+            return self.tool.predict(actions, previous)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def propose(self) -> Proposal:
@@ -326,8 +328,7 @@ class Session:
             # zoom (tools/zoom.py) is for the tight boxes a person draws; the agent's boxes (a policy's guess, the
             # volume session's neighbour box) stay on the whole view, and so do the clicks after them
             agent_box = actor == "agent" and isinstance(action, Box)
-            with whole_view_of(self.tool) if agent_box else contextlib.nullcontext():
-                prediction = self._predict(state.actions + (action,), state.prediction)
+            prediction = self._predict(state.actions + (action,), state.prediction, whole_view=agent_box)
             timings["tool_ms"] = round((time.perf_counter() - start) * 1000, 2)
             new_state = _State(state.actions + (action,), prediction, False)
         step = Step(

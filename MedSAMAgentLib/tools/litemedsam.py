@@ -456,7 +456,6 @@ class LiteMedSAM:
 
     def _box_output(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """LiteMedSAM's own output for ``box``: each click re-reads it, never re-decodes it."""
-        self.last_box = box.as_list()
         cache_key = (self._key, tuple(box.as_list()))
         if cache_key not in self._boxes:
             self._boxes[cache_key] = self.decode(box=box.as_list())
