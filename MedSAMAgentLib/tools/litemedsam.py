@@ -381,9 +381,7 @@ class LiteMedSAM:
             return self._predict_view(box, clicks)
         with self._zoomed(window):
             part = self._predict_view(window.into(box), [window.into(c) for c in clicks])
-        shape = self._image.shape[:2]
-        return Prediction(mask=window.paste(part.mask, shape, False), logits=part.logits, score=part.score,
-                          probability=window.paste(np.asarray(part.probability, np.float32), shape, 0.0))
+        return window.paste_prediction(part, self._image.shape[:2])
 
     def _predict_view(self, box: Optional[Box], clicks: list[Point]) -> Prediction:
         """``predict`` on the current image (the whole slice, or a zoomed crop of it)."""

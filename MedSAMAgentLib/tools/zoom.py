@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..actions import Action, Box, Point
+from .base import Prediction
 
 # chosen by Testing/benchmarks/choose_zoom.py leave-datasets-out (ground-truth and jittered boxes), README
 ZOOM_FACTOR = 2.0  # crop side / the box's longest side
@@ -56,6 +57,13 @@ class Window:
         if isinstance(action, Point):
             return replace(action, x=action.x - self.x0, y=action.y - self.y0)
         return action
+
+    def paste_prediction(self, part: Prediction, shape: tuple[int, int]) -> Prediction:
+        """The crop's prediction as one of the whole image (the low-resolution logits stay the crop's)."""
+        probability = None if part.probability is None else self.paste(np.asarray(part.probability, np.float32),
+                                                                       shape, 0.0)
+        return Prediction(mask=self.paste(np.asarray(part.mask, bool), shape, False), logits=part.logits,
+                          score=part.score, probability=probability, repaired_click=part.repaired_click)
 
     @property
     def tag(self) -> str:

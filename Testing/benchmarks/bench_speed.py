@@ -131,6 +131,24 @@ def embedding_and_dice(tasks) -> None:
           f"({'within' if worst <= DICE_TOLERANCE else 'OUTSIDE'} {DICE_TOLERANCE})")
 
 
+def embedding_seconds(tools: dict, images, tag: str, rounds: int = 2) -> dict[str, np.ndarray]:
+    """Seconds per embedding of each of ``tools`` (name -> tool) on each image: the best of ``rounds``, the
+    tools' order alternating per round and image, each tool warmed up first (exports, compiles)."""
+    for tool in tools.values():
+        tool.set_image(images[0], key=f"{tag}-warm-up")
+    times = {name: [] for name in tools}
+    for i, image in enumerate(images):
+        best = {name: [] for name in tools}
+        for r in range(rounds):
+            for name, tool in (tools.items() if (i + r) % 2 == 0 else reversed(tools.items())):
+                start = time.perf_counter()
+                tool.set_image(image, key=f"{tag}-{i}-{r}")
+                best[name].append(time.perf_counter() - start)
+        for name in tools:
+            times[name].append(min(best[name]))
+    return {name: np.array(v) for name, v in times.items()}
+
+
 def roofline(tasks, repeats: int = 5) -> None:
     """GFLOP/s of the encoder on eager torch and OpenVINO against an fp32 SGEMM on the same threads: an fp32
     runtime cannot beat the matrix multiply, so peak / eager bounds its embedding ratio on this CPU."""
@@ -152,15 +170,9 @@ def roofline(tasks, repeats: int = 5) -> None:
         torch.mm(a, b)
         gemm.append(time.perf_counter() - start)
     peak = 2 * size ** 3 / min(gemm) / 1e9
-    times = {"eager": [], "openvino": []}
-    for tool in (eager, fast):
-        tool.set_image(tasks[0].image, key="roofline-warm-up")
-    for i in range(repeats):
-        for name, tool in (("eager", eager), ("openvino", fast)):
-            start = time.perf_counter()
-            tool.set_image(tasks[i % len(tasks)].image, key=f"roofline-{i}")
-            times[name].append(time.perf_counter() - start)
-    rate = {name: flops / min(t) / 1e9 for name, t in times.items()}
+    images = [tasks[i % len(tasks)].image for i in range(repeats)]
+    times = embedding_seconds({"eager": eager, "openvino": fast}, images, "roofline", rounds=1)
+    rate = {name: flops / t.min() / 1e9 for name, t in times.items()}
     print(f"\nroofline ({torch.get_num_threads()} threads): encoder {flops / 1e9:.1f} GFLOP; fp32 SGEMM {size}^2 "
           f"{peak:.1f} GFLOP/s; eager {rate['eager']:.1f} GFLOP/s ({rate['eager'] / peak:.0%} of it), OpenVINO "
           f"{rate['openvino']:.1f} GFLOP/s ({rate['openvino'] / peak:.0%}); OpenVINO / eager "
@@ -175,19 +187,7 @@ def bf16_embedding(tasks) -> None:
 
     tools = {"eager": LiteMedSAM(device="cpu", runtime="torch"), "f32": LiteMedSAM(device="cpu"),
              "bf16": LiteMedSAM(device="cpu", precision="bf16")}
-    for tool in tools.values():
-        tool.set_image(tasks[0].image, key="warm-up")
-    times = {name: [] for name in tools}
-    for i, task in enumerate(tasks):
-        best = {name: [] for name in tools}
-        for r in range(2):
-            for name, tool in (tools.items() if (i + r) % 2 == 0 else reversed(tools.items())):
-                start = time.perf_counter()
-                tool.set_image(task.image, key=f"bf16-{i}-{r}")
-                best[name].append(time.perf_counter() - start)
-        for name in tools:
-            times[name].append(min(best[name]))
-    t = {name: np.array(v) for name, v in times.items()}
+    t = embedding_seconds(tools, [task.image for task in tasks], "bf16")
     print(f"\nbf16 encoder, {len(tasks)} images: median s eager {np.median(t['eager']):.3f}, f32 "
           f"{np.median(t['f32']):.3f}, bf16 {np.median(t['bf16']):.3f}")
     for a, b in (("eager", "f32"), ("eager", "bf16"), ("f32", "bf16")):
