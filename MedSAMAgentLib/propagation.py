@@ -54,9 +54,11 @@ class NeighbourPolicy:
     needs_hint = False
 
     def __init__(self, neighbour: np.ndarray, neighbour_index: int, rules: PropagationRules = DEFAULT_RULES,
-                 neighbour_prompt: Optional[Box] = None, why: str = ""):
+                 neighbour_prompt: Optional[Box] = None, why: str = "",
+                 max_size: Optional[tuple[float, float]] = None):
         self.neighbour, self.neighbour_index, self.rules = np.asarray(neighbour, bool), neighbour_index, rules
         self.neighbour_prompt = neighbour_prompt  # the neighbour's own box (``rules.max_growth`` reads it)
+        self.max_size = max_size  # the longest box sides allowed in this run (``rules.max_size``)
         self.why = why  # what led to this slice's prompt (a repair: why the first one failed the stop rule)
         self.clicks = self.tightened = 0
 
@@ -65,10 +67,14 @@ class NeighbourPolicy:
 
     def propose(self, observation: Observation) -> Proposal:
         if observation.prediction is None:
-            box = neighbour_box(self.neighbour, self.rules.margin, self.neighbour_prompt, self.rules.max_growth)
+            box = neighbour_box(self.neighbour, self.rules.margin, self.neighbour_prompt, self.rules.max_growth,
+                                self.max_size)
             if box is None:
                 raise PolicyError(f"slice {self.neighbour_index}'s mask is empty: nothing to carry over")
             wider = f", {self.rules.margin} px wider" if self.rules.margin else ""
+            if self.max_size is not None and box != neighbour_box(self.neighbour, self.rules.margin,
+                                                                  self.neighbour_prompt, self.rules.max_growth):
+                wider += ", cut to the size of the run's first box"
             return Proposal(box, f"{self.why}the box of slice {self.neighbour_index}'s mask{wider}", self.name)
         room = len(observation.actions) < observation.max_actions
         if self.tightened < self.rules.tighten and room and all(isinstance(a, Box) for a in observation.actions):
@@ -360,6 +366,7 @@ class VolumeSession:
         look = (Intensity.under(start_image, neighbour), Appearance.of(start_image, neighbour))
         smallest = int(neighbour.sum())
         prompt = _last_box(self.records[start].session)
+        max_size = _max_size(neighbour, self.rules)
         last = (self.volume.slices - 1 if direction > 0 else 0) if until is None else until
         while True:
             if (k - last) * direction > 0 or not 0 <= k < self.volume.slices:
@@ -376,8 +383,8 @@ class VolumeSession:
                 break
             began = time.perf_counter()
             self._wait_for(k)
-            session = self._session(k, NeighbourPolicy(neighbour, k - direction, self.rules, prompt), "propagated",
-                                    run=run.id)
+            session = self._session(k, NeighbourPolicy(neighbour, k - direction, self.rules, prompt,
+                                                       max_size=max_size), "propagated", run=run.id)
             self._prefetch(k + direction, direction)  # after this slice's own embedding: never ahead of it
             try:
                 proposal = session.propose()
@@ -402,7 +409,8 @@ class VolumeSession:
                 session.finish(accepted=False, status="propagation-retried", reason=reason)
                 repair = replace(self.rules, margin=self.rules.repair_margin, tighten=0, max_growth=None)
                 session = self._session(k, NeighbourPolicy(neighbour, k - direction, repair, prompt,
-                                                           why=f"{reason}; "), "propagated", run=run.id)
+                                                           why=f"{reason}; ", max_size=max_size), "propagated",
+                                        run=run.id)
                 if session.run(reviewer or _AcceptAll()) == "rejected" and session.prediction is None:
                     run.stop_reason = f"the clinician rejected slice {k}'s prompt"
                     break
@@ -503,6 +511,14 @@ class VolumeSession:
         future = self._pending.pop(index, None)
         if future is not None:
             future.result()
+
+
+def _max_size(start: np.ndarray, rules: PropagationRules) -> Optional[tuple[float, float]]:
+    """The longest box sides a run from the ``start`` mask may prompt with (``rules.max_size``), or None."""
+    box = neighbour_box(start, rules.margin) if rules.max_size is not None else None
+    if box is None:
+        return None
+    return ((box.x2 - box.x1 + 1) * rules.max_size, (box.y2 - box.y1 + 1) * rules.max_size)
 
 
 def _last_box(session: Optional[Session]) -> Optional[Box]:

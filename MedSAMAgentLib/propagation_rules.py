@@ -6,7 +6,8 @@ neighbour's mask and the tool's output on the next slice, so the volume session 
 volume evaluation and the measurement sweep (Testing/benchmarks/sweep_propagation.py) use the very same code.
 
 - prompt: the neighbour mask's bounding box grown by ``margin`` pixels on each side (each side at most
-  ``max_growth`` pixels beyond the neighbour's own prompt box, when set); then up to ``tighten`` times the box
+  ``max_growth`` pixels beyond the neighbour's own prompt box, and no side longer than ``max_size`` times the
+  run's start box's, when set: both off, see the README); then up to ``tighten`` times the box
   of the tool's own mask, ``margin`` pixels wider, inside the last box (``tightened_box``: where a structure
   shrinks from one slice to the next, a box tool fills the neighbour's looser box with what lies around it;
   the box never grows here, so the tightening cannot walk onto the next structure); then up to
@@ -72,6 +73,9 @@ class PropagationRules:
     # where the stop rule fires on a slice the agent prompted, the neighbour mask's own box (this margin, not
     # tightened) is tried once before stopping; None: stop at once
     repair_margin: Optional[int] = None
+    # no prompt box side longer than this times the run's start box's (the start slice's mask's box + margin):
+    # a box tool fills the box it is given, so a leaking chain's boxes would otherwise grow slice after slice
+    max_size: Optional[float] = None
 
 
 DEFAULT_RULES = PropagationRules(margin=3, tighten=3, stop_iou=0.4, stop_appearance=0.5, stop_start_intensity=1.5,
@@ -159,11 +163,12 @@ class Appearance:
 
 
 def neighbour_box(neighbour: np.ndarray, margin: int, previous: Optional[Box] = None,
-                  max_growth: Optional[int] = None) -> Optional[Box]:
+                  max_growth: Optional[int] = None, max_size: Optional[tuple[float, float]] = None) -> Optional[Box]:
     """The neighbour mask's bounding box grown by ``margin`` pixels, inside the image; None if it is empty.
     With ``previous`` (the neighbour's own prompt box) and ``max_growth``, no side moves out more than
     ``max_growth`` pixels beyond it: a box tool fills the box it is given, so an unchecked box can grow slice
-    after slice onto the next structure."""
+    after slice onto the next structure. ``max_size`` (width, height): a longer side is cut to it, centred on
+    the neighbour mask's box."""
     if not neighbour.any():
         return None
     box, (h, w) = gt_box(neighbour), neighbour.shape
@@ -171,6 +176,12 @@ def neighbour_box(neighbour: np.ndarray, margin: int, previous: Optional[Box] = 
     if previous is not None and max_growth is not None:
         x1, y1 = max(x1, previous.x1 - max_growth), max(y1, previous.y1 - max_growth)
         x2, y2 = min(x2, previous.x2 + max_growth), min(y2, previous.y2 + max_growth)
+    if max_size is not None:
+        cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
+        if x2 - x1 + 1 > max_size[0]:
+            x1, x2 = round(cx - (max_size[0] - 1) / 2), round(cx + (max_size[0] - 1) / 2)
+        if y2 - y1 + 1 > max_size[1]:
+            y1, y2 = round(cy - (max_size[1] - 1) / 2), round(cy + (max_size[1] - 1) / 2)
     return Box(max(0, int(x1)), max(0, int(y1)), min(w - 1, int(x2)), min(h - 1, int(y2)))
 
 

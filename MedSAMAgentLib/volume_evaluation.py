@@ -102,14 +102,31 @@ def reference_mask(tool, volume: Volume, gt: np.ndarray) -> np.ndarray:
     return out
 
 
+def key_slices(gt: np.ndarray, key_area: Optional[float] = None) -> list[int]:
+    """The protocol's key slice: the one with the most foreground. With ``key_area``, instead the slice on each
+    side of it whose area is nearest that fraction of the largest (a clinician does not always start on the
+    largest slice: a rule that relies on it is checked this way, ``choose_stop_rule.py --key-area``)."""
+    area = gt.sum(axis=(1, 2))
+    largest = int(np.argmax(area))
+    if key_area is None:
+        return [largest]
+    keys = []
+    for side in (-1, +1):
+        candidates = [k for k in range(len(area)) if (k - largest) * side > 0 and area[k] > 0]
+        if candidates:
+            keys.append(min(candidates, key=lambda k: (abs(area[k] - key_area * area[largest]), abs(k - largest))))
+    return keys
+
+
 def run_volume(case: Case, tool, *, corrections: int = CORRECTIONS, rules: PropagationRules = DEFAULT_RULES,
-               log: Optional[TrajectoryWriter] = None) -> VolumeResult:
+               log: Optional[TrajectoryWriter] = None, key: Optional[int] = None) -> VolumeResult:
+    """One case of the protocol; ``key``: start on this slice instead of the largest (``key_slices``)."""
     from .reviewers import volume_correction
 
     volume, gt = load_volume_case(case)
     spacing = tuple(reversed(volume.geometry.spacing)) if volume.geometry else (1.0, 1.0, 1.0)
     present = np.nonzero(gt.any(axis=(1, 2)))[0]
-    key = int(np.argmax(gt.sum(axis=(1, 2))))
+    key = key_slices(gt)[0] if key is None else key
     session = volume_session_for(  # SAM2 / MedSAM2: their own memory propagation; the others: the neighbour's box
         tool, volume, target=case.target, ground_truth=gt, rules=rules, log=log,
         meta={"volume_case_id": case.id, "source": "medsam-agent evaluate --protocol volume"})

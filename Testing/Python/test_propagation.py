@@ -238,6 +238,46 @@ def test_stop_signals_read_drift_box_filling_and_regrowth():
 
     assert neighbour_box(filled, 3) == Box(6, 6, 33, 33)
     assert neighbour_box(filled, 3, previous=Box(8, 9, 30, 31), max_growth=1) == Box(7, 8, 31, 32)
+    # a side longer than max_size is cut to it, centred on the neighbour mask's box (9..30: centre 19.5)
+    assert neighbour_box(filled, 3, max_size=(20, 30)) == Box(10, 6, 29, 33)
+
+
+def test_box_size_cap_keeps_a_runs_boxes_within_its_start_box(tool, volume_case):
+    """``PropagationRules.max_size`` (off by default: it relies on the run starting on the structure's largest
+    slice, README): no propagated box is longer than the start box's sides, and the reason says when it cut."""
+    from dataclasses import replace
+
+    from MedSAMAgentLib.propagation_rules import DEFAULT_RULES, neighbour_box
+
+    _, volume, gt = volume_case
+    key = _key(gt)
+    session = VolumeSession(tool, volume, ground_truth=gt, rules=replace(DEFAULT_RULES, max_size=1.0))
+    session.start(key, gt_box(gt[key]))
+    session.propagate()
+    start = neighbour_box(session.slice_mask(key), DEFAULT_RULES.margin)
+    cut = 0
+    for k, record in session.records.items():
+        if record.origin != "propagated":
+            continue
+        step = next(s for s in record.session.steps if isinstance(s.applied, Box))
+        box = step.applied
+        assert box.x2 - box.x1 <= start.x2 - start.x1 and box.y2 - box.y1 <= start.y2 - start.y1
+        uncut = neighbour_box(session.slice_mask(k - (1 if k > key else -1)), DEFAULT_RULES.margin)
+        assert ("cut to the size of the run's first box" in step.proposal.reason) == (box != uncut)
+        cut += box != uncut
+    assert cut  # the gallbladder's chain would grow past its start box on some slices: the cap cut those
+    session.close()
+
+
+def test_key_slices_are_the_largest_or_the_ones_near_an_area_fraction():
+    from MedSAMAgentLib.volume_evaluation import key_slices
+
+    gt = np.zeros((7, 10, 10), bool)
+    for k, side in enumerate([0, 2, 4, 6, 4, 3, 1]):
+        gt[k, :side, :side] = True  # areas 0, 4, 16, 36, 16, 9, 1
+    assert key_slices(gt) == [3]
+    assert key_slices(gt, 0.5) == [2, 4]  # 16 is the nearest to 18 on both sides
+    assert key_slices(gt, 0.2) == [1, 5]  # 4 (of 4, 16) below; 9 (of 16, 9, 1) above
 
 
 

@@ -1,6 +1,8 @@
-"""Choose the stop rule among a few candidates by the volume protocol itself, leave-datasets-out.
+"""Choose the stop rule (or the cap on the boxes' size) among a few candidates by the volume protocol itself,
+leave-datasets-out.
 
     .venv/bin/python Testing/benchmarks/choose_stop_rule.py [--embeddings runs/embeddings] [--out runs/stop-rule]
+        [--family stop|size] [--key-area 0.6]
 
 ``sweep_propagation.py`` scores stop rules on chains run without one, so it cannot see the repair (the retry with
 the neighbour mask's own box before stopping), which changes where a chain goes next. Here every candidate runs
@@ -8,7 +10,11 @@ the whole protocol (``volume_evaluation.run_volume``: key box, propagation, 3 co
 rows of ../shared/data and of the bundled data (two small CT volumes, their own group: images no rule was tuned
 on before). For each dataset group held out, the candidate with the best objective on the other
 groups (mean 3D Dice after propagation alone, less 0.05 per slice taken more than 2 past an end) is scored on the
-held-out group. Writes OUT/candidates.json (per case, per candidate) and prints the table.
+held-out group. Writes OUT/candidates.json (per case, per candidate) and prints the table. ``--family size``:
+the candidates are the shipped rule with the prompt boxes' sides capped at 1, 1.25, 1.5 or 2 times the run's start
+box's (``PropagationRules.max_size``), or not capped. ``--key-area F``: every case starts instead on the slice
+on each side of the largest whose area is nearest F times the largest (two runs per case): the protocol's key
+slice is the largest, and a rule that relies on that fails a clinician who starts elsewhere.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ CANDIDATES: dict[str, PropagationRules] = {  # all with IoU 0.4 (without it smal
     "appearance 0.5, drift 1 std": replace(BASE, stop_appearance=0.5, stop_start_intensity=1.0),
 }
 
+SIZE_CANDIDATES: dict[str, PropagationRules] = {
+    "no cap": replace(DEFAULT_RULES, max_size=None),
+    **{f"sides at most {v:g}x the start box's": replace(DEFAULT_RULES, max_size=v) for v in (1.0, 1.25, 1.5, 2.0)},
+}
+FAMILIES = {"stop": CANDIDATES, "size": SIZE_CANDIDATES}
+
 
 def objective(rows: list[dict]) -> float:
     return float(np.mean([r["dice"][0] - OVERRUN_PENALTY * max(max(r["past"]) - 2, 0) for r in rows]))
@@ -49,7 +61,10 @@ def main() -> int:
     parser.add_argument("--manifest", nargs="+", default=[str(SHARED_DATA / "manifest.jsonl"),
                                                           str(BUNDLED_DATA / "manifest.jsonl")])
     parser.add_argument("--embeddings", default=str(ROOT / "runs" / "embeddings"))
-    parser.add_argument("--out", default=str(ROOT / "runs" / "stop-rule"))
+    parser.add_argument("--out", default=None, help="default: runs/stop-rule, runs/box-size")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="stop")
+    parser.add_argument("--key-area", type=float, default=None,
+                        help="start on the slices with about this fraction of the largest area (both sides)")
     parser.add_argument("--corrections", type=int, default=3)
     parser.add_argument("--candidates", nargs="*", type=int, help="run only these (0-based; several processes "
                         "can share the work: each candidate's results are kept in OUT and reused)")
@@ -61,38 +76,43 @@ def main() -> int:
     import torch
 
     from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
-    from MedSAMAgentLib.volume_evaluation import run_volume, volume_cases
-    from MedSAMAgentLib.volumes import disk_embeddings
+    from MedSAMAgentLib.volume_evaluation import key_slices, run_volume, volume_cases
+    from MedSAMAgentLib.volumes import disk_embeddings, load_volume_case
 
     torch.set_num_threads(1)
     tool = LiteMedSAM(device="cpu")
     disk_embeddings(tool, args.embeddings)
-    cases, groups = [], {}
+    runs, groups = [], {}  # (case, key slice or None, run id)
     for manifest in manifests:
         bundled = Path(manifest).resolve().parent == BUNDLED_DATA.resolve()
         for case in volume_cases(manifest)[0]:
-            cases.append(case)
-            groups[case.id] = f"bundled {case.group}" if bundled else case.group
-    out = Path(args.out)
+            keys = [None] if args.key_area is None else key_slices(load_volume_case(case)[1], args.key_area)
+            for key in keys:
+                name = case.id if key is None else f"{case.id}@{key}"
+                runs.append((case, key, name))
+                groups[name] = f"bundled {case.group}" if bundled else case.group
+    candidates = FAMILIES[args.family]
+    out = Path(args.out or ROOT / "runs" / {"stop": "stop-rule", "size": "box-size"}[args.family])
     out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.key_area is None else f"-key{args.key_area:g}"  # the off-key runs are stored apart
     results: dict[str, dict[str, dict]] = {}
-    for number, (name, rules) in enumerate(CANDIDATES.items()):
-        stored = out / f"candidate-{number}.json"
+    for number, (name, rules) in enumerate(candidates.items()):
+        stored = out / f"candidate-{number}{suffix}.json"
         if stored.exists() and json.loads(stored.read_text())["rules"] == asdict(rules):
             results[name] = json.loads(stored.read_text())["cases"]
             continue
         if args.candidates is not None and number not in args.candidates:
             continue
         results[name] = {}
-        for case in cases:
-            r = run_volume(case, tool, corrections=args.corrections, rules=rules)
-            results[name][case.id] = {"group": groups[case.id], "dice": r.dice, "past": list(r.past_end),
-                                      "reference": r.reference_dice}
-            print(f"{name}: {case.id} {[round(d, 3) for d in r.dice]} past {r.past_end}", flush=True)
+        for case, key, run in runs:
+            r = run_volume(case, tool, corrections=args.corrections, rules=rules, key=key)
+            results[name][run] = {"group": groups[run], "dice": r.dice, "past": list(r.past_end),
+                                  "reference": r.reference_dice}
+            print(f"{name}: {run} {[round(d, 3) for d in r.dice]} past {r.past_end}", flush=True)
         stored.write_text(json.dumps({"rules": asdict(rules), "cases": results[name]}) + "\n")
     if args.candidates is not None:
         return 0
-    ids = [c.id for c in cases]
+    ids = [run for *_, run in runs]
     report: dict = {"candidates": {}, "held_out": {}}
     for name, rows in results.items():
         report["candidates"][name] = {
@@ -112,7 +132,7 @@ def main() -> int:
     report["held_out_cases_past_2"] = sum(max(held[i]["past"]) > 2 for i in ids)
     report["in_sample_choice"] = max(results, key=lambda name: objective([results[name][i] for i in ids]))
     report["reference_dice"] = round(float(np.mean([results[next(iter(results))][i]["reference"] for i in ids])), 4)
-    (out / "candidates.json").write_text(json.dumps({"report": report, "cases": results}, indent=1) + "\n")
+    (out / f"candidates{suffix}.json").write_text(json.dumps({"report": report, "cases": results}, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     return 0
 
