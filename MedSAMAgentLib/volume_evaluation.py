@@ -3,11 +3,12 @@
 simulated clinician corrects it, slice by slice.
 
 Per case (a 3D row that names a label): the ground-truth box on the slice with the most foreground (the key
-slice), propagation in both directions with nobody intervening, then up to ``corrections`` corrections, each on
-the slice with the largest error (``reviewers.volume_correction``: a box, a click, or "no structure here"),
-re-propagating onward from it (the clinician undoes those runs when they made the volume worse, keeping the
-corrected slice). Reported: 3D Dice and NSD (2 mm) after 0, 1, 3, 5, 10 corrections; how far
-propagation alone ran past the structure's ends; clinician actions (the key box counts); slices visited (the
+slice; with ``key_area``, instead each of the two slices near that fraction of its area, ``key_slices``),
+propagation in both directions with nobody intervening, then up to ``corrections`` corrections, each on the slice
+with the largest error (``reviewers.volume_correction``: a box, a click, or "no structure here"), re-propagating
+onward from it (the clinician undoes those runs when they made the volume worse, keeping the corrected slice).
+Reported: 3D Dice and NSD (2 mm) after 0, 1, 3, 5, 10 corrections; how far propagation alone ran past the
+structure's ends; clinician actions (the key box counts); slices visited (the
 tool ran on them); time per propagated slice; and the reference a box tool cannot beat from boxes: the
 ground-truth box on every slice with the structure. summary.json, cases.csv, dice_vs_corrections.png,
 trajectories.jsonl (every slice's session as a 2D episode).
@@ -194,13 +195,14 @@ def summarize_volumes(results: Sequence[VolumeResult]) -> dict[str, Any]:
 
 
 def summarize(results: Sequence[VolumeResult], tool: str, skipped: Sequence[dict] = (),
-              rules: PropagationRules = DEFAULT_RULES) -> dict[str, Any]:
+              rules: PropagationRules = DEFAULT_RULES, key_area: Optional[float] = None) -> dict[str, Any]:
     groups: dict[str, list] = {}
     for result in results:
         groups.setdefault(result.group, []).append(result)
     from dataclasses import asdict
 
-    return {"protocol": "volume", "tool": tool, "rules": asdict(rules), "overall": summarize_volumes(results),
+    return {"protocol": "volume", "tool": tool, "rules": asdict(rules), "key_area": key_area,
+            "overall": summarize_volumes(results),
             "groups": {name: summarize_volumes(members) for name, members in sorted(groups.items())},
             "skipped": list(skipped)}
 
@@ -283,8 +285,9 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def evaluate_volumes(manifest: str | Path, out: Optional[str | Path], tool, *, corrections: int = CORRECTIONS,
                      limit: Optional[int] = None, progress: bool = True, only: str = "",
-                     rules: PropagationRules = DEFAULT_RULES) -> dict[str, Any]:
-    """Every 3D row of ``manifest`` that names a label (at most ``limit``; ids containing ``only``)."""
+                     rules: PropagationRules = DEFAULT_RULES, key_area: Optional[float] = None) -> dict[str, Any]:
+    """Every 3D row of ``manifest`` that names a label (at most ``limit``; ids containing ``only``); with
+    ``key_area``, each from the slices near that fraction of its largest area instead (``key_slices``)."""
     cases, skipped = volume_cases(manifest)
     cases = [c for c in cases if only in c.id][:limit]
     if not cases:
@@ -297,17 +300,19 @@ def evaluate_volumes(manifest: str | Path, out: Optional[str | Path], tool, *, c
         log = TrajectoryWriter(Path(out) / "trajectories.jsonl")
     try:
         for case in cases:
-            began = time.perf_counter()
-            results.append(run_volume(case, tool, corrections=corrections, rules=rules, log=log))
-            if progress:
-                r = results[-1]
-                print(f"{case.id}: Dice {[round(d, 3) for d in r.dice]} (after 0, 1, ... corrections), "
-                      f"reference {r.reference_dice:.3f}, past the end {r.past_end}, "
-                      f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+            keys = [None] if key_area is None else key_slices(load_volume_case(case)[1], key_area)
+            for key in keys:
+                began = time.perf_counter()
+                results.append(run_volume(case, tool, corrections=corrections, rules=rules, log=log, key=key))
+                if progress:
+                    r = results[-1]
+                    print(f"{case.id} from slice {r.key_slice}: Dice {[round(d, 3) for d in r.dice]} (after 0, "
+                          f"1, ... corrections), reference {r.reference_dice:.3f}, past the end {r.past_end}, "
+                          f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     finally:
         if log is not None:
             log.close()
-    summary = summarize(results, getattr(tool, "name", "tool"), skipped, rules)
+    summary = summarize(results, getattr(tool, "name", "tool"), skipped, rules, key_area)
     if out is not None:
         write_report(out, summary, results)
     return summary

@@ -11,7 +11,9 @@ from ..evaluation import AGENT_MAX_STEPS, CLICK_INTERACTIONS, EFFORT_STEPS, eval
 from ..policies.mllm import MLLMPolicy, add_policy_arguments, describe_policy, policy_options_from_args
 from ..registry import DEFAULT_POLICY, POLICIES, make_policy
 from . import add_tool_arguments, tool_from_args
-from .options import POSITIVE
+from .options import POSITIVE, number
+
+KEY_AREA = number(0.0, 1.0, low_open=True, high_open=True)
 
 
 def register(subparsers) -> None:
@@ -28,6 +30,10 @@ def register(subparsers) -> None:
                              "(volume_evaluation)")
     parser.add_argument("--corrections", type=POSITIVE, default=10,
                         help="volume protocol: clinician corrections after propagation (default 10)")
+    parser.add_argument("--key-area", type=KEY_AREA, default=None, metavar="F",
+                        help="volume protocol: start each case on the slice on either side of its largest whose "
+                        "area is nearest F times the largest (two runs per case), not on the largest: how "
+                        "propagation fares when the clinician starts elsewhere")
     parser.add_argument("--embedding-cache", metavar="DIR", default=None,
                         help="volume protocol, built-in tool: keep slice embeddings in DIR between runs")
     parser.add_argument("--policy", default=None, choices=sorted(POLICIES),
@@ -54,6 +60,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.protocol in ("clicks", "volume") and (args.policy or args.model or args.endpoint):
         raise ValueError("--policy, --model and --endpoint apply to --protocol agent only")
+    if args.key_area is not None and args.protocol != "volume":
+        raise ValueError("--key-area applies to --protocol volume only")
     if args.effort_steps < 0 or (args.effort_steps and args.effort_steps < args.max_steps):
         raise ValueError(f"--effort-steps must be 0 (off) or at least --max-steps ({args.max_steps}), "
                          f"got {args.effort_steps}")
@@ -94,7 +102,7 @@ def _run_volume(args: argparse.Namespace, tool) -> int:
 
         disk_embeddings(tool, args.embedding_cache)
     summary = evaluate_volumes(args.manifest, args.out, tool, corrections=args.corrections, limit=args.limit,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, key_area=args.key_area)
     print(json.dumps(summary, indent=2) if args.json else volume_table(summary))
     print(f"report written to {args.out}")
     return 0

@@ -200,6 +200,34 @@ def test_volume_protocol_reports_dice_after_corrections_and_the_reference(tool, 
     assert "volumes" in format_table(summary)
 
 
+def test_volume_protocol_can_start_off_the_largest_slice(tmp_path):
+    """``evaluate --protocol volume --key-area F``: each case runs twice, from the slice on either side of its
+    largest whose area is nearest F times the largest; the option belongs to the volume protocol only."""
+    import csv
+    import json
+
+    from MedSAMAgentLib.cli import main
+    from MedSAMAgentLib.manifest import BUNDLED_DATA
+    from MedSAMAgentLib.volume_evaluation import key_slices, volume_cases
+
+    manifest = str(BUNDLED_DATA / "manifest.jsonl")
+    code = main(["evaluate", "--manifest", manifest, "--protocol", "volume", "--key-area", "0.6", "--corrections",
+                 "1", "--limit", "1", "--no-progress", "--out", str(tmp_path)])
+    assert code == 0
+    case = volume_cases(manifest)[0][0]
+    rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
+    keys = key_slices(load_volume_case(case)[1], 0.6)
+    assert len(keys) == 2 and [int(r["key_slice"]) for r in rows] == keys and {r["id"] for r in rows} == {case.id}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["key_area"] == 0.6 and summary["overall"]["n"] == 2
+    assert all(0 < float(r["dice_0"]) <= 1 for r in rows)
+    assert main(["evaluate", "--manifest", manifest, "--protocol", "clicks", "--key-area", "0.6",
+                 "--out", str(tmp_path / "c")]) == 2
+    with pytest.raises(SystemExit) as error:  # argparse: "expected a number in (0, 1), got 1"
+        main(["evaluate", "--manifest", manifest, "--protocol", "volume", "--key-area", "1", "--out", str(tmp_path)])
+    assert error.value.code == 2
+
+
 def test_the_clinician_marks_the_end_on_the_first_slice_past_it():
     from MedSAMAgentLib.reviewers import volume_correction
 
