@@ -119,6 +119,12 @@ def key_slices(gt: np.ndarray, key_area: Optional[float] = None) -> list[int]:
     return keys
 
 
+def case_keys(case: Case, key_area: Optional[float] = None) -> list[Optional[int]]:
+    """The key slices a case runs from: [None] (the largest, which ``run_volume`` finds), or with ``key_area``
+    the slices ``key_slices`` picks."""
+    return [None] if key_area is None else key_slices(load_volume_case(case)[1], key_area)
+
+
 def run_volume(case: Case, tool, *, corrections: int = CORRECTIONS, rules: PropagationRules = DEFAULT_RULES,
                log: Optional[TrajectoryWriter] = None, key: Optional[int] = None) -> VolumeResult:
     """One case of the protocol; ``key``: start on this slice instead of the largest (``key_slices``)."""
@@ -300,8 +306,7 @@ def evaluate_volumes(manifest: str | Path, out: Optional[str | Path], tool, *, c
         log = TrajectoryWriter(Path(out) / "trajectories.jsonl")
     try:
         for case in cases:
-            keys = [None] if key_area is None else key_slices(load_volume_case(case)[1], key_area)
-            for key in keys:
+            for key in case_keys(case, key_area):
                 began = time.perf_counter()
                 results.append(run_volume(case, tool, corrections=corrections, rules=rules, log=log, key=key))
                 if progress:

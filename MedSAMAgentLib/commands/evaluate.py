@@ -11,9 +11,7 @@ from ..evaluation import AGENT_MAX_STEPS, CLICK_INTERACTIONS, EFFORT_STEPS, eval
 from ..policies.mllm import MLLMPolicy, add_policy_arguments, describe_policy, policy_options_from_args
 from ..registry import DEFAULT_POLICY, POLICIES, make_policy
 from . import add_tool_arguments, tool_from_args
-from .options import POSITIVE, number
-
-KEY_AREA = number(0.0, 1.0, low_open=True, high_open=True)
+from .options import OPEN_FRACTION, POSITIVE
 
 
 def register(subparsers) -> None:
@@ -30,7 +28,7 @@ def register(subparsers) -> None:
                              "(volume_evaluation)")
     parser.add_argument("--corrections", type=POSITIVE, default=10,
                         help="volume protocol: clinician corrections after propagation (default 10)")
-    parser.add_argument("--key-area", type=KEY_AREA, default=None, metavar="F",
+    parser.add_argument("--key-area", type=OPEN_FRACTION, default=None, metavar="F",
                         help="volume protocol: start each case on the slice on either side of its largest whose "
                         "area is nearest F times the largest (two runs per case), not on the largest: how "
                         "propagation fares when the clinician starts elsewhere")

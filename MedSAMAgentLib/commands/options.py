@@ -45,6 +45,7 @@ def number(low: float, high: float = math.inf, *, low_open: bool = False, high_o
 
 POSITIVE = whole(1)
 FRACTION = number(0.0, 1.0)  # IoU, Dice, fractions of a box
+OPEN_FRACTION = number(0.0, 1.0, low_open=True, high_open=True)  # strictly between 0 and 1
 
 
 def output_file(*suffixes: str) -> Callable[[str], str]:

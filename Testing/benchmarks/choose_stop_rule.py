@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from MedSAMAgentLib.commands.options import OPEN_FRACTION  # noqa: E402
 from MedSAMAgentLib.manifest import BUNDLED_DATA, SHARED_DATA  # noqa: E402
 from MedSAMAgentLib.propagation_rules import DEFAULT_RULES, PropagationRules  # noqa: E402
 from sweep_propagation import OVERRUN_PENALTY  # noqa: E402  (one objective for both benchmarks)
@@ -63,7 +64,7 @@ def main() -> int:
     parser.add_argument("--embeddings", default=str(ROOT / "runs" / "embeddings"))
     parser.add_argument("--out", default=None, help="default: runs/stop-rule, runs/box-size")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="stop")
-    parser.add_argument("--key-area", type=float, default=None,
+    parser.add_argument("--key-area", type=OPEN_FRACTION, default=None,
                         help="start on the slices with about this fraction of the largest area (both sides)")
     parser.add_argument("--corrections", type=int, default=3)
     parser.add_argument("--candidates", nargs="*", type=int, help="run only these (0-based; several processes "
@@ -76,8 +77,8 @@ def main() -> int:
     import torch
 
     from MedSAMAgentLib.tools.litemedsam import LiteMedSAM
-    from MedSAMAgentLib.volume_evaluation import key_slices, run_volume, volume_cases
-    from MedSAMAgentLib.volumes import disk_embeddings, load_volume_case
+    from MedSAMAgentLib.volume_evaluation import case_keys, run_volume, volume_cases
+    from MedSAMAgentLib.volumes import disk_embeddings
 
     torch.set_num_threads(1)
     tool = LiteMedSAM(device="cpu")
@@ -86,8 +87,7 @@ def main() -> int:
     for manifest in manifests:
         bundled = Path(manifest).resolve().parent == BUNDLED_DATA.resolve()
         for case in volume_cases(manifest)[0]:
-            keys = [None] if args.key_area is None else key_slices(load_volume_case(case)[1], args.key_area)
-            for key in keys:
+            for key in case_keys(case, args.key_area):
                 name = case.id if key is None else f"{case.id}@{key}"
                 runs.append((case, key, name))
                 groups[name] = f"bundled {case.group}" if bundled else case.group
